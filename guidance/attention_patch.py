@@ -1,0 +1,157 @@
+"""One cross-attention (attn2) replace function per UNet layer, shared by every feature of the pack.
+
+ComfyUI calls an attn2 replace as ``out = fn(q, k, v, extra_options)`` with q ``[b, h·w, heads·d]`` and k, v
+``[b, T, heads·d]`` already projected, and expects ``[b, h·w, heads·d]`` before ``to_out``. Only one replace may sit
+on a layer, so this object carries a tuple of *observers* (capture, loss stores, …) and, if another pack already
+held the layer, that pack's function (``inner``), which still computes the output.
+
+The output is computed by the host's own attention kernel (``attention_fn``) with the same arguments as the stock
+``CrossAttention.forward``, so a patched layer returns bit-identical results; the probabilities observers see are
+computed separately in float32. Exception: inside a gradient pass (grad enabled) a layer whose probabilities were
+computed returns ``probs @ v`` so the graph runs through the very probabilities the loss reads.
+
+Everything about the call comes from ``extra_options`` metadata (block, depth index, shapes, ``cond_or_uncond``),
+never from counting calls. The object is immutable after construction and survives ``ModelPatcher.clone()``'s
+deepcopy as itself: adding an observer builds a new object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+
+#: key in ``transformer_options`` under which a single UNet pass can carry extra, per-pass settings
+PASS_KEY = "attention_align"
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """Where and when one attn2 call happens, read from ComfyUI's ``extra_options``."""
+
+    block: tuple[str, int]              # ("input", 7), ("middle", 0), ("output", 3)
+    depth: int                          # index of the transformer block inside its SpatialTransformer
+    size: tuple[int, int]               # (h, w) of this layer's attention maps
+    latent_size: tuple[int, int]        # (H, W) of the UNet's input latent
+    cond_or_uncond: tuple[int, ...]     # chunk order of the batch: 0 = positive, 1 = negative
+    sigma: float | None                 # current σ of the (first) row
+    sample_sigmas: torch.Tensor | None  # the whole schedule of the running sampler, if known
+    grad_pass: bool                     # True inside the pack's own gradient passes
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """The replace key ComfyUI looks up: ``(block name, block number, depth index)``."""
+        return (self.block[0], self.block[1], self.depth)
+
+    @property
+    def divisor(self) -> int:
+        """How many latent pixels one map pixel spans (1 at the latent's own resolution)."""
+        return max(1, round(self.latent_size[0] / self.size[0]))
+
+
+class Observer(Protocol):
+    def wants(self, call: LayerCall) -> bool: ...
+
+    def observe(self, probs: torch.Tensor, call: LayerCall) -> None: ...
+
+
+def layer_call(q: torch.Tensor, extra_options: dict[str, Any]) -> LayerCall:
+    """Build a :class:`LayerCall` from ``extra_options``; raises if the metadata is missing or inconsistent."""
+    n = q.shape[1]
+    block = extra_options.get("block")
+    if block is None:
+        raise RuntimeError("attn2 replace called without 'block' in extra_options; not a ComfyUI UNet call")
+    latent = extra_options["original_shape"]
+    act = extra_options.get("activations_shape")
+    if act is not None:
+        size = (int(act[-2]), int(act[-1]))
+    else:
+        size = _size_from_tokens(n, int(latent[-2]), int(latent[-1]))
+    if size[0] * size[1] != n:
+        raise RuntimeError(f"attn2 layer {block}: {n} queries do not tile a {size[0]}×{size[1]} map")
+    sigmas = extra_options.get("sigmas")
+    pass_opts = extra_options.get(PASS_KEY) or {}
+    return LayerCall(
+        block=(block[0], int(block[1])),
+        depth=int(extra_options.get("block_index", 0)),
+        size=size,
+        latent_size=(int(latent[-2]), int(latent[-1])),
+        cond_or_uncond=tuple(int(c) for c in extra_options.get("cond_or_uncond", (0,))),
+        sigma=float(sigmas.reshape(-1)[0]) if sigmas is not None else None,
+        sample_sigmas=extra_options.get("sample_sigmas"),
+        grad_pass=bool(pass_opts.get("grad_pass", False)),
+    )
+
+
+def _size_from_tokens(n: int, lat_h: int, lat_w: int) -> tuple[int, int]:
+    """Map size for n queries when ``activations_shape`` is absent: halve (rounding up, as a stride-2 conv with
+    padding 1 does) until the product matches."""
+    h, w = lat_h, lat_w
+    while h * w > n and (h > 1 or w > 1):
+        h, w = -(-h // 2), -(-w // 2)
+    return h, w
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """``softmax(q kᵀ / √d)`` in at least float32: q ``[b, n, heads·d]``, k ``[b, T, heads·d]`` → ``[b, heads, n, T]``."""
+    b, n, inner = q.shape
+    d = inner // heads
+    dtype = torch.promote_types(q.dtype, torch.float32)          # fp16/bf16 → fp32; fp64 stays fp64
+    qh = q.to(dtype).view(b, n, heads, d).transpose(1, 2)         # [b, heads, n, d]
+    kh = k.to(dtype).view(b, -1, heads, d).transpose(1, 2)        # [b, heads, T, d]
+    return (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(dim=-1)
+
+
+def probs_times_v(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``probs @ v`` back in the layer's layout: probs ``[b, heads, n, T]``, v ``[b, T, heads·d]`` → ``[b, n, heads·d]``."""
+    b, heads, n, _ = probs.shape
+    d = v.shape[-1] // heads
+    vh = v.view(b, -1, heads, d).transpose(1, 2)                  # [b, heads, T, d]
+    return (probs.to(vh.dtype) @ vh).transpose(1, 2).reshape(b, n, heads * d)
+
+
+class CrossAttentionReplace:
+    """The attn2 replace installed on a layer; see the module docstring."""
+
+    is_attention_align_replace = True
+
+    def __init__(self, attention_fn: Callable[..., torch.Tensor], observers: tuple[Observer, ...] = (),
+                 inner: Callable[..., torch.Tensor] | None = None):
+        self.attention_fn = attention_fn
+        self.observers = tuple(observers)
+        self.inner = inner
+
+    def __deepcopy__(self, memo: dict) -> "CrossAttentionReplace":
+        return self  # immutable; ModelPatcher.clone() must not split observer state
+
+    def with_observer(self, observer: Observer) -> "CrossAttentionReplace":
+        return CrossAttentionReplace(self.attention_fn, self.observers + (observer,), self.inner)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]) -> torch.Tensor:
+        call = layer_call(q, extra_options)
+        pass_observers = (extra_options.get(PASS_KEY) or {}).get("observers", ())
+        active = [o for o in (*self.observers, *pass_observers) if o.wants(call)]
+        probs = attention_probs(q, k, extra_options["n_heads"]) if active else None
+        for observer in active:
+            observer.observe(probs, call)
+        if self.inner is not None:
+            return self.inner(q, k, v, extra_options)
+        if probs is not None and torch.is_grad_enabled() and call.grad_pass:
+            return probs_times_v(probs, v)
+        return self.attention_fn(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                                 transformer_options=extra_options)
+
+
+def positive_rows(probs: torch.Tensor, call: LayerCall) -> torch.Tensor:
+    """The rows of the positive prompt: probs ``[b, heads, n, T]`` → ``[B, heads, n, T]`` with B = b / chunks.
+
+    ``cond_or_uncond`` gives the chunk order (``[1, 0]`` = uncond first, as ComfyUI usually batches); if several
+    positive chunks share the call (combined conditionings), their maps are averaged.
+    """
+    chunks = len(call.cond_or_uncond)
+    per = probs.shape[0] // chunks
+    pos = [j for j, c in enumerate(call.cond_or_uncond) if c == 0]
+    if not pos:
+        raise ValueError(f"layer {call.key}: no positive chunk in cond_or_uncond={call.cond_or_uncond}")
+    parts = [probs[j * per:(j + 1) * per] for j in pos]
+    return parts[0] if len(parts) == 1 else torch.stack(parts).mean(0)

@@ -1,0 +1,126 @@
+"""Recording cross-attention maps during sampling: the object behind the ``ATTENTION_MAPS`` type.
+
+The recorder is an observer of :class:`~.attention_patch.CrossAttentionReplace`. For every attn2 call of the
+layers it was installed on (sampler passes only, never the pack's gradient passes) it takes the positive prompt's
+probabilities, averages the heads and adds them, on the CPU, to a running mean per map size. With ``keep_steps``
+it also keeps one mean per sampler evaluation σ. Memory is therefore bounded by the number of map sizes
+(and steps, when asked), never by the number of calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention_patch import LayerCall, positive_rows
+
+
+@dataclass
+class StepMaps:
+    """Maps of one sampler evaluation σ: ``sums[(h, w)]`` ``[B, T, h, w]`` over ``counts[(h, w)]`` layer calls."""
+
+    sigma: float
+    step: int | None          # index into the sampler's schedule (the interval's start for a midpoint σ)
+    exact: bool               # True if σ is a schedule value, False for a solver's intermediate σ
+    sums: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    counts: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def mean(self, size: tuple[int, int]) -> torch.Tensor:
+        return self.sums[size] / self.counts[size]
+
+
+def _add(sums: dict, counts: dict, size: tuple[int, int], m: torch.Tensor) -> None:
+    if size in sums and sums[size].shape != m.shape:
+        raise RuntimeError(f"attention maps of size {size} changed shape within one run: "
+                           f"{tuple(sums[size].shape)} → {tuple(m.shape)}")
+    sums[size] = sums[size] + m if size in sums else m.clone()
+    counts[size] = counts.get(size, 0) + 1
+
+
+def step_of(sigma: float, schedule: torch.Tensor | None) -> tuple[int | None, bool]:
+    """Index of σ in a (decreasing) schedule, or of the interval it lies in; ``(None, False)`` without a schedule."""
+    if schedule is None:
+        return None, False
+    s = [float(x) for x in schedule.reshape(-1)]
+    for i, v in enumerate(s):
+        if v == sigma:
+            return i, True
+    for i in range(len(s) - 1):
+        if s[i] > sigma > s[i + 1]:
+            return i, False
+    return None, False
+
+
+class AttentionRecorder:
+    """Head-averaged cross-attention of the positive prompt, per map size, for one sampling run at a time.
+
+    ``layers`` is the set of replace keys ``(block, number, depth)`` the recorder listens to. :meth:`begin_run`
+    (called by the capture node's sampling wrapper) clears what an earlier run recorded, so the handle always holds
+    the most recent run of the model it was attached to.
+    """
+
+    def __init__(self, layers: set[tuple[str, int, int]], keep_steps: bool = False):
+        if not layers:
+            raise ValueError("AttentionRecorder needs at least one layer to listen to")
+        self.layers = frozenset(layers)
+        self.keep_steps = keep_steps
+        self.begin_run()
+
+    def __deepcopy__(self, memo: dict) -> "AttentionRecorder":
+        return self  # one shared handle for every clone of the captured model
+
+    def begin_run(self) -> None:
+        self.sums: dict[tuple[int, int], torch.Tensor] = {}
+        self.counts: dict[tuple[int, int], int] = {}
+        self.steps: list[StepMaps] = []
+        self.latent_size: tuple[int, int] | None = None
+        self.layers_seen: set[tuple[str, int, int]] = set()
+        self.runs = getattr(self, "runs", 0) + 1
+
+    # -- observer protocol -------------------------------------------------------------------------
+    def wants(self, call: LayerCall) -> bool:
+        return not call.grad_pass and call.key in self.layers and 0 in call.cond_or_uncond
+
+    def observe(self, probs: torch.Tensor, call: LayerCall) -> None:
+        h, w = call.size
+        pos = positive_rows(probs, call)                                   # [B, heads, h·w, T]
+        m = pos.detach().mean(dim=1).transpose(1, 2)                       # [B, T, h·w]
+        m = m.reshape(m.shape[0], m.shape[1], h, w).float().cpu()          # [B, T, h, w]
+        if self.latent_size is not None and self.latent_size != call.latent_size:
+            raise RuntimeError(f"latent size changed within one sampling run: {self.latent_size} → {call.latent_size}")
+        self.latent_size = call.latent_size
+        self.layers_seen.add(call.key)
+        _add(self.sums, self.counts, call.size, m)
+        if self.keep_steps and call.sigma is not None:
+            entry = self._step(call)
+            _add(entry.sums, entry.counts, call.size, m)
+
+    def _step(self, call: LayerCall) -> StepMaps:
+        for entry in self.steps:
+            if entry.sigma == call.sigma:
+                return entry
+        step, exact = step_of(call.sigma, call.sample_sigmas)
+        entry = StepMaps(call.sigma, step, exact)
+        self.steps.append(entry)
+        return entry
+
+    # -- reading -----------------------------------------------------------------------------------
+    @property
+    def empty(self) -> bool:
+        return not self.sums
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """Recorded map sizes, finest first."""
+        return sorted(self.sums, key=lambda s: -s[0] * s[1])
+
+    def mean(self, size: tuple[int, int]) -> torch.Tensor:
+        """``[B, T, h, w]``: the mean over every recorded layer call of that size (layers × evaluations)."""
+        if size not in self.sums:
+            raise KeyError(f"no attention maps of size {size[0]}×{size[1]} were recorded; recorded: "
+                           + ", ".join(f"{h}×{w}" for h, w in self.sizes()))
+        return self.sums[size] / self.counts[size]
+
+    def divisor(self, size: tuple[int, int]) -> int:
+        """Latent pixels per map pixel for a recorded size (1 = the latent's own resolution)."""
+        assert self.latent_size is not None
+        return max(1, round(self.latent_size[0] / size[0]))

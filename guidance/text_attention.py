@@ -1,0 +1,78 @@
+"""The text encoder's self-attention and the T-SAM target matrix T built from it (T-SAM paper, §3.2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .tokens import Word, find_eos, group_words
+
+
+def text_attention_from_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, heads: int) -> torch.Tensor:
+    """Self-attention probabilities ``softmax(q kᵀ/√d + mask)`` per head, in float32.
+
+    q, k: ``[b, T, heads·d]`` (already projected); mask: additive, broadcastable to ``[b, heads, T, T]``
+    (the text encoder's causal mask). Returns ``[b, heads, T, T]``; every row sums to 1.
+    """
+    b, t, inner = q.shape
+    d = inner // heads
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    qh = q.to(dtype).view(b, t, heads, d).transpose(1, 2)   # [b, heads, T, d]
+    kh = k.to(dtype).view(b, t, heads, d).transpose(1, 2)
+    scores = qh @ kh.transpose(-1, -2) * d ** -0.5          # [b, heads, T, T]
+    if mask is not None:
+        scores = scores + mask.to(dtype)
+    return scores.softmax(dim=-1)
+
+
+def tsam_target(mean_attention: torch.Tensor, eos_index: int, gamma: float = 3.0) -> torch.Tensor:
+    """T-SAM's target T̂ from the head- and layer-averaged text self-attention (T-SAM §3.2, released config).
+
+    mean_attention: ``[T, T]``. Drops bos (the attention sink), eos and padding (``[1:eos, 1:eos]``), raises to γ
+    and renormalises each row: ``T̂ = T^γ / (rowsum + 1e-7)``. Returns ``[L, L]`` with L = eos − 1, lower-triangular
+    because the encoder is causal.
+    """
+    if eos_index < 2:
+        raise ValueError("the prompt has no tokens between <|startoftext|> and <|endoftext|>")
+    t = mean_attention[1:eos_index, 1:eos_index].float() ** gamma
+    return t / (t.sum(dim=-1, keepdim=True) + 1e-7)
+
+
+@dataclass
+class TextAttention:
+    """What the text self-attention node hands downstream (the ``TEXT_ATTENTION`` type).
+
+    ``probs`` is ``[layers, heads, T, T]`` float32 on the CPU for the prompt's first (only) 77-token chunk;
+    ``pieces`` are the decoded BPE pieces of that chunk (``<embedding>`` for an embedding vector).
+    """
+
+    encoder: str                      # "clip_l", "clip_g" or "clip_h": which text encoder this came from
+    prompt: str
+    probs: torch.Tensor               # [layers, heads, T, T]
+    pieces: list[str]
+    token_ids: list[int | None]       # None where the token is an embedding vector
+    gamma: float = 3.0
+    eos_index: int = field(init=False)
+    words: list[Word] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.eos_index = find_eos(self.pieces)
+        self.words = group_words(self.pieces, self.eos_index)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """L: the number of tokens between bos and eos."""
+        return self.eos_index - 1
+
+    @property
+    def prompt_pieces(self) -> list[str]:
+        """The pieces at positions 1..L (what the rows and columns of T̂ are)."""
+        return self.pieces[1:self.eos_index]
+
+    def mean_attention(self) -> torch.Tensor:
+        """``[T, T]``: mean over heads and over all layers."""
+        return self.probs.mean(dim=(0, 1))
+
+    def target(self, gamma: float | None = None) -> torch.Tensor:
+        """T̂ ``[L, L]`` (see :func:`tsam_target`), with this node's γ unless another is given."""
+        return tsam_target(self.mean_attention(), self.eos_index, self.gamma if gamma is None else gamma)

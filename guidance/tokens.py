@@ -1,0 +1,104 @@
+"""Prompt words ↔ token positions, from the BPE pieces the model's own tokenizer produced.
+
+Positions follow the convention of every official pipeline: 0 is ``<|startoftext|>`` (bos), the prompt's pieces
+start at 1, and the first ``<|endoftext|>`` (eos) closes the prompt (SD1.x pads with further eos tokens, SDXL's
+second encoder with id 0). Pieces come from the tokenizer's inverse vocabulary, where the last piece of a word ends
+in ``</w>`` (``"check", "ered</w>"`` is one word). Because positions are read off the actual tokenization, weight
+syntax such as ``(red:1.2)`` needs no special handling: the weights change embeddings, not token positions.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+BOS_PIECE = "<|startoftext|>"
+EOS_PIECE = "<|endoftext|>"
+WORD_END = "</w>"
+EMBEDDING_PIECE = "<embedding>"
+
+
+@dataclass(frozen=True)
+class Word:
+    """One prompt word: its text (lower case, no ``</w>``), its token positions and which occurrence it is."""
+
+    text: str
+    positions: tuple[int, ...]
+    occurrence: int
+
+    @property
+    def label(self) -> str:
+        """``dog`` for a first occurrence, ``dog#2`` for the second, as users type it."""
+        return self.text if self.occurrence == 1 else f"{self.text}#{self.occurrence}"
+
+
+def piece_text(piece: str) -> str:
+    """The visible text of a BPE piece: ``"red</w>"`` → ``"red"``."""
+    return piece[: -len(WORD_END)] if piece.endswith(WORD_END) else piece
+
+
+def find_eos(pieces: list[str]) -> int:
+    """Index of the first eos piece after bos; raises if the chunk has none."""
+    for i, p in enumerate(pieces[1:], start=1):
+        if p == EOS_PIECE:
+            return i
+    raise ValueError(f"token sequence has no {EOS_PIECE} after position 0: {pieces[:8]}…")
+
+
+def group_words(pieces: list[str], eos_index: int) -> list[Word]:
+    """Group the pieces between bos and eos into words.
+
+    A word ends at a piece ending in ``</w>``; an embedding vector (``<embedding>``) is a word of its own.
+    Occurrences are counted per text, so the second "dog" is ``dog#2``.
+    """
+    words: list[Word] = []
+    seen: dict[str, int] = {}
+    current: list[int] = []
+
+    def close() -> None:
+        if not current:
+            return
+        text = "".join(piece_text(pieces[i]) for i in current).lower()
+        seen[text] = seen.get(text, 0) + 1
+        words.append(Word(text, tuple(current), seen[text]))
+        current.clear()
+
+    for i in range(1, eos_index):
+        piece = pieces[i]
+        if piece == EMBEDDING_PIECE:
+            close()
+            current.append(i)
+            close()
+            continue
+        current.append(i)
+        if piece.endswith(WORD_END):
+            close()
+    close()
+    return words
+
+
+_SPEC = re.compile(r"^(?P<text>.+?)(?:#(?P<occ>\d+))?$")
+
+
+def resolve_words(spec: str, words: list[Word], input_name: str = "words") -> list[Word]:
+    """Resolve a comma-separated user list such as ``"cat, dog#2"`` against the prompt's words.
+
+    An empty spec selects every prompt word. A word not in the prompt, or an occurrence that does not exist,
+    raises ``ValueError`` naming the input, the bad entry and the prompt's words.
+    """
+    entries = [e.strip() for e in spec.split(",") if e.strip()]
+    if not entries:
+        return list(words)
+    by_label = {(w.text, w.occurrence): w for w in words}
+    available = ", ".join(w.label for w in words) or "(none)"
+    out: list[Word] = []
+    for entry in entries:
+        m = _SPEC.match(entry.lower())
+        text, occ = m.group("text").strip(), int(m.group("occ") or 1)
+        word = by_label.get((text, occ))
+        if word is None:
+            what = f"'{entry}' is not a word of the prompt" if occ == 1 else \
+                f"'{entry}': the prompt has no occurrence {occ} of '{text}'"
+            raise ValueError(f"{input_name}: {what}. The prompt's words are: {available}")
+        if word not in out:
+            out.append(word)
+    return out

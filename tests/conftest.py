@@ -1,0 +1,67 @@
+"""Shared fixtures.
+
+* The repository root is the pack; tests of ``guidance`` import it as the package ``attention_align`` (without
+  ComfyUI) through an alias registered here.
+* Tests that need the host use the ``host`` fixture: ComfyUI booted in-process with this pack symlinked into a
+  private ``custom_nodes`` (see ``scripts/headless.py``). Without a ComfyUI checkout they are skipped with a
+  one-line reason. ``tiny_ckpt`` builds the random-weight SD1.5-family checkpoint once per session.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import headless  # noqa: E402  (scripts/headless.py)
+
+
+def _register_pack_alias() -> None:
+    if "attention_align" in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location("attention_align", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["attention_align"] = module
+    spec.loader.exec_module(module)
+
+
+_register_pack_alias()
+
+TINY_CKPT = "tiny_sd15.safetensors"
+PROMPT = "a red car and a blue bench"
+
+
+@pytest.fixture(scope="session")
+def comfy_path():
+    path = headless.find_comfyui()
+    if path is None:
+        pytest.skip("needs a ComfyUI checkout: set COMFYUI_PATH or put one at ~/ComfyUI")
+    return path
+
+
+@pytest.fixture(scope="session")
+def host(comfy_path, tmp_path_factory):
+    return headless.ComfyHost.instance(comfy_path, tmp_path_factory.mktemp("comfy_base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(host):
+    """Name of the tiny checkpoint inside the host's models/checkpoints (built at first use)."""
+    import tiny_checkpoint
+
+    path = host.checkpoint_path(TINY_CKPT)
+    if not path.exists():
+        tiny_checkpoint.build(str(path), layout="tiny", fp16=True, seed=0)
+    return TINY_CKPT
+
+
+@pytest.fixture(scope="session")
+def loaded(host, tiny_ckpt):
+    """(model, clip, vae) of the tiny checkpoint, loaded by ComfyUI's own CheckpointLoaderSimple."""
+    out = host.run({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_ckpt}}})
+    return tuple(out["1"][:3])

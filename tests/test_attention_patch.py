@@ -1,0 +1,127 @@
+"""The shared attn2 replace: metadata parsing, observers, identity of the output, wrapping, grad passes."""
+import copy
+import math
+
+import pytest
+import torch
+
+from attention_align.guidance.attention_patch import (PASS_KEY, CrossAttentionReplace, attention_probs, layer_call,
+                                                      positive_rows, probs_times_v)
+
+HEADS = 2
+
+
+def options(b=2, hw=(4, 4), latent=(8, 8), cou=(1, 0), block=("input", 4), depth=0, **extra):
+    return {"block": block, "block_index": depth, "original_shape": [b, 4, *latent],
+            "activations_shape": [b, 8, *hw], "cond_or_uncond": list(cou), "n_heads": HEADS,
+            "sigmas": torch.full((b,), 3.5), "attn_precision": None, **extra}
+
+
+def naive_probs(q, k, heads):
+    b, n, inner = q.shape
+    d = inner // heads
+    out = torch.zeros(b, heads, n, k.shape[1], dtype=torch.float64)
+    for bi in range(b):
+        for h in range(heads):
+            for i in range(n):
+                s = [sum(float(q[bi, i, h * d + c] * k[bi, j, h * d + c]) for c in range(d)) / math.sqrt(d)
+                     for j in range(k.shape[1])]
+                m = max(s)
+                e = [math.exp(x - m) for x in s]
+                for j in range(k.shape[1]):
+                    out[bi, h, i, j] = e[j] / sum(e)
+    return out
+
+
+class Spy:
+    def __init__(self, want=True):
+        self.want, self.seen = want, []
+
+    def wants(self, call):
+        return self.want
+
+    def observe(self, probs, call):
+        self.seen.append((probs, call))
+
+
+def kernel(q, k, v, heads, attn_precision=None, transformer_options=None):
+    return probs_times_v(attention_probs(q, k, heads), v) * 1.0
+
+
+def test_layer_call_reads_metadata():
+    call = layer_call(torch.zeros(2, 16, 8), options(sample_sigmas=torch.tensor([5.0, 3.5, 0.0])))
+    assert call.key == ("input", 4, 0) and call.size == (4, 4) and call.latent_size == (8, 8)
+    assert call.divisor == 2 and call.cond_or_uncond == (1, 0) and call.sigma == 3.5 and not call.grad_pass
+
+
+def test_layer_call_without_activations_shape_halves_like_a_strided_conv():
+    opts = options(latent=(13, 9))
+    del opts["activations_shape"]
+    assert layer_call(torch.zeros(2, 7 * 5, 8), opts).size == (7, 5)
+    with pytest.raises(RuntimeError, match="do not tile"):
+        layer_call(torch.zeros(2, 17, 8), options())
+
+
+def test_output_is_the_kernel_output_and_observers_get_float32_probs():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 16, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    calls = []
+
+    def recording_kernel(*args, **kwargs):
+        calls.append(kwargs)
+        return kernel(*args, **kwargs)
+
+    spy, idle = Spy(), Spy(want=False)
+    rep = CrossAttentionReplace(recording_kernel, (spy, idle))
+    opts = options()
+    out = rep(q, k, v, opts)
+    assert torch.equal(out, kernel(q, k, v, HEADS))
+    assert calls[0]["transformer_options"] is opts                  # the host kernel sees the same options
+    probs, call = spy.seen[0]
+    assert probs.dtype == torch.float32 and probs.shape == (2, HEADS, 16, 5)
+    torch.testing.assert_close(probs.double(), naive_probs(q, k, HEADS), rtol=1e-5, atol=1e-6)
+    assert idle.seen == []
+
+
+def test_a_foreign_replace_still_computes_the_output():
+    q, k, v = torch.randn(2, 16, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    foreign = lambda q, k, v, extra: torch.full_like(q, 7.0)  # noqa: E731
+    spy = Spy()
+    out = CrossAttentionReplace(kernel, (spy,), inner=foreign)(q, k, v, options())
+    assert torch.equal(out, torch.full_like(q, 7.0)) and len(spy.seen) == 1
+
+
+def test_per_pass_observers_and_gradients_through_probs():
+    q = torch.randn(1, 16, 8, dtype=torch.float64, requires_grad=True)
+    k, v = torch.randn(1, 5, 8, dtype=torch.float64), torch.randn(1, 5, 8, dtype=torch.float64)
+    spy = Spy()
+    rep = CrossAttentionReplace(kernel)
+    opts = options(b=1, cou=(0,), **{PASS_KEY: {"grad_pass": True, "observers": [spy]}})
+    out = rep(q, k, v, opts)
+    probs, call = spy.seen[0]
+    assert call.grad_pass and probs.requires_grad
+    torch.testing.assert_close(out, probs_times_v(probs, v))
+    assert torch.autograd.gradcheck(lambda x: CrossAttentionReplace(kernel)(x, k, v, opts), (q,))
+
+
+def test_replace_survives_clone_deepcopy_and_is_immutable():
+    a, b = Spy(), Spy()
+    rep = CrossAttentionReplace(kernel, (a,))
+    assert copy.deepcopy({"r": rep})["r"] is rep
+    rep2 = rep.with_observer(b)
+    assert rep.observers == (a,) and rep2.observers == (a, b)
+
+
+@pytest.mark.parametrize("cou, expected", [((1, 0), [2, 3]), ((0, 1), [0, 1]), ((0,), [0, 1])])
+def test_positive_rows_follow_cond_or_uncond(cou, expected):
+    probs = torch.arange(4.0 if len(cou) == 2 else 2.0).reshape(-1, 1, 1, 1)
+    call = layer_call(torch.zeros(len(probs), 16, 8), options(b=len(probs), cou=cou))
+    assert positive_rows(probs, call).flatten().tolist() == [float(i) for i in expected]
+
+
+def test_several_positive_chunks_are_averaged_and_none_is_an_error():
+    probs = torch.tensor([1.0, 3.0, 10.0]).reshape(3, 1, 1, 1)
+    call = layer_call(torch.zeros(3, 16, 8), options(b=3, cou=(0, 1, 0)))
+    assert positive_rows(probs, call).flatten().tolist() == [5.5]
+    with pytest.raises(ValueError, match="no positive chunk"):
+        positive_rows(probs[:1], layer_call(torch.zeros(1, 16, 8), options(b=1, cou=(1,))))

@@ -1,0 +1,75 @@
+"""The recorder behind ATTENTION_MAPS, fed with synthetic layer calls."""
+import pytest
+import torch
+
+from attention_align.guidance.attention_patch import PASS_KEY, layer_call
+from attention_align.guidance.maps import AttentionRecorder, step_of
+
+SCHEDULE = torch.tensor([10.0, 5.0, 2.0, 0.0])
+
+
+def call(block=("input", 1), hw=(4, 4), sigma=10.0, cou=(1, 0), b=2, grad=False):
+    opts = {"block": block, "block_index": 0, "original_shape": [b, 4, 8, 8], "activations_shape": [b, 8, *hw],
+            "cond_or_uncond": list(cou), "sigmas": torch.full((b,), sigma), "sample_sigmas": SCHEDULE,
+            PASS_KEY: {"grad_pass": grad}}
+    return layer_call(torch.zeros(b, hw[0] * hw[1], 8), opts)
+
+
+def probs(b=2, heads=2, n=16, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, heads, n, t, generator=g).softmax(-1)
+
+
+def to_maps(p, h, w):
+    """Independent head mean + reshape: [B, heads, hw, T] → [B, T, h, w]."""
+    out = torch.zeros(p.shape[0], p.shape[3], h, w)
+    for bi in range(p.shape[0]):
+        for t in range(p.shape[3]):
+            out[bi, t] = p[bi, :, :, t].mean(0).reshape(h, w)
+    return out
+
+
+def test_running_mean_of_the_positive_rows_per_size():
+    rec = AttentionRecorder({("input", 1, 0), ("output", 2, 0)})
+    p1, p2, p3 = probs(seed=1), probs(seed=2), probs(n=4, seed=3)
+    rec.observe(p1, call())
+    rec.observe(p2, call(block=("output", 2)))
+    rec.observe(p3, call(block=("output", 2), hw=(2, 2)))
+    assert rec.sizes() == [(4, 4), (2, 2)] and rec.latent_size == (8, 8)
+    torch.testing.assert_close(rec.mean((4, 4)), (to_maps(p1[1:], 4, 4) + to_maps(p2[1:], 4, 4)) / 2)
+    torch.testing.assert_close(rec.mean((2, 2)), to_maps(p3[1:], 2, 2))
+    assert rec.mean((4, 4)).shape == (1, 5, 4, 4)
+    torch.testing.assert_close(rec.mean((4, 4)).sum(1), torch.ones(1, 4, 4))
+    assert rec.divisor((2, 2)) == 4
+    with pytest.raises(KeyError, match="recorded: 4×4, 2×2"):
+        rec.mean((8, 8))
+
+
+def test_wants_only_its_layers_sampler_passes_and_positive_chunks():
+    rec = AttentionRecorder({("input", 1, 0)})
+    assert rec.wants(call())
+    assert not rec.wants(call(block=("input", 2)))
+    assert not rec.wants(call(grad=True))
+    assert not rec.wants(call(cou=(1,), b=1))
+
+
+def test_steps_are_kept_per_sigma_with_schedule_index():
+    rec = AttentionRecorder({("input", 1, 0)}, keep_steps=True)
+    for sigma, seed in [(10.0, 1), (10.0, 2), (7.0, 3), (5.0, 4)]:
+        rec.observe(probs(seed=seed), call(sigma=sigma))
+    assert [(s.sigma, s.step, s.exact) for s in rec.steps] == [(10.0, 0, True), (7.0, 0, False), (5.0, 1, True)]
+    torch.testing.assert_close(rec.steps[0].mean((4, 4)),
+                               (to_maps(probs(seed=1)[1:], 4, 4) + to_maps(probs(seed=2)[1:], 4, 4)) / 2)
+
+
+def test_begin_run_clears_the_previous_run():
+    rec = AttentionRecorder({("input", 1, 0)}, keep_steps=True)
+    rec.observe(probs(), call())
+    rec.begin_run()
+    assert rec.empty and rec.steps == [] and rec.runs == 2
+
+
+def test_step_of():
+    assert step_of(5.0, SCHEDULE) == (1, True)
+    assert step_of(3.0, SCHEDULE) == (1, False)
+    assert step_of(3.0, None) == (None, False)

@@ -1,0 +1,46 @@
+"""Word ↔ token-position mapping on decoded BPE pieces (no ComfyUI needed)."""
+import pytest
+
+from attention_align.guidance.tokens import EMBEDDING_PIECE, find_eos, group_words, resolve_words
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+PIECES = [BOS, "a</w>", "check", "ered</w>", "bowl</w>", "and</w>", "a</w>", "dog</w>", ",</w>", "dog</w>", EOS, EOS]
+
+
+def test_groups_multi_piece_words_and_counts_occurrences():
+    words = group_words(PIECES, find_eos(PIECES))
+    assert [(w.label, w.positions) for w in words] == [
+        ("a", (1,)), ("checkered", (2, 3)), ("bowl", (4,)), ("and", (5,)), ("a#2", (6,)),
+        ("dog", (7,)), (",", (8,)), ("dog#2", (9,))]
+
+
+def test_embedding_vectors_are_words_of_their_own():
+    pieces = [BOS, "a</w>", EMBEDDING_PIECE, EMBEDDING_PIECE, "cat</w>", EOS]
+    words = group_words(pieces, 5)
+    assert [(w.label, w.positions) for w in words] == [
+        ("a", (1,)), ("<embedding>", (2,)), ("<embedding>#2", (3,)), ("cat", (4,))]
+
+
+def test_resolve_words_by_text_and_occurrence():
+    words = group_words(PIECES, find_eos(PIECES))
+    got = resolve_words(" Checkered , dog#2,dog", words)
+    assert [(w.label, w.positions) for w in got] == [("checkered", (2, 3)), ("dog#2", (9,)), ("dog", (7,))]
+    assert resolve_words("", words) == words
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cat", "'cat' is not a word of the prompt"),
+    ("dog#3", "no occurrence 3 of 'dog'"),
+])
+def test_unknown_words_name_the_input_and_list_the_prompt(spec, message):
+    words = group_words(PIECES, find_eos(PIECES))
+    with pytest.raises(ValueError) as err:
+        resolve_words(spec, words, input_name="subjects")
+    text = str(err.value)
+    assert text.startswith("subjects:") and message in text
+    assert "a, checkered, bowl, and, a#2, dog, ,, dog#2" in text
+
+
+def test_missing_eos_is_an_error():
+    with pytest.raises(ValueError, match="no <\\|endoftext\\|>"):
+        find_eos([BOS, "a</w>"])
