@@ -1,0 +1,93 @@
+"""Reading the text encoder's self-attention during one encode, and decoding its tokens.
+
+ComfyUI's CLIP layers call their attention kernel directly (no patch point, no transformer_options), so the
+probabilities are recomputed from each ``CLIPAttention``'s own q/k projections in a forward hook. The hooks sit on
+the shared, cached encoder module and are removed in ``finally``, also when encoding fails.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..guidance.text_attention import text_attention_from_scores
+from ..guidance.tokens import BOS_PIECE, EMBEDDING_PIECE, EOS_PIECE
+
+ENCODER_KEYS = {"clip_l": "l", "clip_g": "g", "clip_h": "h"}
+
+
+def encoder_for(clip, tokens: dict, choice: str, input_name: str = "encoder") -> str:
+    """The encoder attribute (``clip_l``…) to read: ``choice`` or, for ``auto``, clip_l when present, else the only one."""
+    available = [name for name, key in ENCODER_KEYS.items()
+                 if key in tokens and hasattr(clip.cond_stage_model, name)]
+    if not available:
+        raise ValueError(f"clip: no CLIP text encoder (clip_l, clip_g, clip_h) found in this text encoder "
+                         f"(it tokenizes for {sorted(tokens)}); Attention Align supports SD1.x, SD2.x and SDXL")
+    if choice == "auto":
+        return "clip_l" if "clip_l" in available else available[0]
+    if choice not in available:
+        raise ValueError(f"{input_name}: '{choice}' is not part of this CLIP; available: {', '.join(available)}")
+    return choice
+
+
+def decode_chunk(clip, encoder: str, chunk: list) -> tuple[list[str], list[int | None]]:
+    """BPE pieces and ids of one 77-token chunk (``(token, weight)`` pairs); embedding vectors become ``<embedding>``."""
+    tokenizer = getattr(clip.tokenizer, encoder)
+    inv = getattr(tokenizer, "inv_vocab", None)
+    if inv is None:
+        inv = {v: k for k, v in tokenizer.tokenizer.get_vocab().items()}
+    pieces, ids = [], []
+    for entry in chunk:
+        token = entry[0]
+        if isinstance(token, torch.Tensor) or not isinstance(token, int):
+            pieces.append(EMBEDDING_PIECE)
+            ids.append(None)
+        else:
+            pieces.append(inv.get(token, f"<{token}>"))
+            ids.append(token)
+    if pieces[0] != BOS_PIECE:
+        raise ValueError(f"clip: unexpected first token {pieces[0]!r} (expected {BOS_PIECE})")
+    return pieces, ids
+
+
+def prompt_token_count(clip, encoder: str, chunks: list) -> int:
+    """Prompt tokens (between bos and eos) over all 77-token chunks."""
+    total = 0
+    for chunk in chunks:
+        pieces, _ = decode_chunk(clip, encoder, chunk)
+        eos = next((i for i, p in enumerate(pieces[1:], 1) if p == EOS_PIECE), len(pieces))
+        total += eos - 1
+    return total
+
+
+@contextmanager
+def record_text_attention(clip, encoder: str):
+    """Hook every self-attention layer of ``clip.cond_stage_model.<encoder>`` for one encode.
+
+    Yields a list with one entry per layer that becomes ``[heads, T, T]`` (float32, CPU) for batch row 0 (the
+    prompt's first chunk) at the layer's first call; later calls (a weighted prompt's empty row, scheduled
+    re-encodes) are ignored.
+    """
+    layers = getattr(clip.cond_stage_model, encoder).transformer.text_model.encoder.layers
+    recorded: list[torch.Tensor | None] = [None] * len(layers)
+
+    def make_hook(index: int):
+        def hook(module, args, output):
+            if recorded[index] is not None:
+                return
+            x = args[0][:1]
+            mask = args[1] if len(args) > 1 else None
+            if mask is not None and mask.ndim > 2:   # [b, 1, T, T] with a padding mask; [T, T] causal only
+                mask = mask[:1]
+            probs = text_attention_from_scores(module.q_proj(x), module.k_proj(x), mask, module.heads)
+            recorded[index] = probs[0].detach().float().cpu()
+        return hook
+
+    handles = []
+    try:
+        for i, layer in enumerate(layers):
+            handles.append(layer.self_attn.register_forward_hook(make_hook(i)))
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()

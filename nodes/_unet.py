@@ -1,0 +1,104 @@
+"""Finding a UNet's cross-attention layers and attaching observers to them on a cloned ModelPatcher."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.ldm.modules.attention as comfy_attention
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
+
+from ..guidance.attention_patch import CrossAttentionReplace, Observer
+
+#: pixels of the decoded image per latent pixel for the SD families (SD1.x, SD2.x, SDXL)
+VAE_FACTOR = 8
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    key: tuple[str, int, int]   # replace key: (block name, block number, depth index in its SpatialTransformer)
+    downsample: int             # latent pixels per map pixel (1, 2, 4, 8)
+
+    @property
+    def level(self) -> int:
+        """Image pixels per map pixel: 8 for maps at the latent's resolution, 32 for SD1.5's 16×16 at 512 px."""
+        return VAE_FACTOR * self.downsample
+
+
+def unet_of(model_patcher, input_name: str = "model") -> UNetModel:
+    """The UNet of a MODEL; raises a clear error for models without UNet cross-attention (DiTs and others)."""
+    dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+    if not isinstance(dm, UNetModel):
+        kind = type(dm).__name__ if dm is not None else type(model_patcher).__name__
+        raise ValueError(f"{input_name}: this model's diffusion network is {kind}, which has no UNet cross-attention "
+                         "layers. Attention Align works with UNet models: SD1.x, SD2.x and SDXL.")
+    if not any(isinstance(m, SpatialTransformer) for m in dm.modules()):
+        raise ValueError(f"{input_name}: this UNet has no cross-attention (SpatialTransformer) layers")
+    return dm
+
+
+def cross_attention_layers(model_patcher, input_name: str = "model") -> list[CrossAttentionLayer]:
+    """Every attn2 layer of the UNet in forward order, with its downsampling factor read off the architecture."""
+    dm = unet_of(model_patcher, input_name)
+    layers: list[CrossAttentionLayer] = []
+
+    def walk(name: str, blocks, ds: int) -> int:
+        for number, block in enumerate(blocks):
+            for module in block:
+                if isinstance(module, SpatialTransformer):
+                    layers.extend(CrossAttentionLayer((name, number, depth), ds)
+                                  for depth, tb in enumerate(module.transformer_blocks) if tb.attn2 is not None)
+                elif isinstance(module, Downsample):
+                    ds *= 2
+                elif isinstance(module, Upsample):
+                    ds //= 2
+        return ds
+
+    ds = walk("input", dm.input_blocks, 1)
+    if dm.middle_block is not None:
+        walk("middle", [dm.middle_block], ds)
+    walk("output", dm.output_blocks, ds)
+    if not layers:
+        raise ValueError(f"{input_name}: no cross-attention layers found in this UNet")
+    return layers
+
+
+def select_levels(layers: list[CrossAttentionLayer], spec: str, input_name: str = "levels") -> list[CrossAttentionLayer]:
+    """Layers at the image divisors named in ``spec`` (``"all"`` or e.g. ``"16, 32"``)."""
+    available = sorted({layer.level for layer in layers})
+    text = spec.strip().lower()
+    if text in ("", "all"):
+        return list(layers)
+    wanted = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip().lstrip("÷/")
+        if not part:
+            continue
+        if not part.isdigit() or int(part) not in available:
+            raise ValueError(f"{input_name}: '{part}' is not a cross-attention level of this model; use 'all' or "
+                             f"image divisors among {', '.join(map(str, available))} (32 = 16×16 maps at 512 px)")
+        wanted.add(int(part))
+    return [layer for layer in layers if layer.level in wanted]
+
+
+def host_attention(q, k, v, heads, **kwargs):
+    """ComfyUI's optimized attention as the stock CrossAttention calls it, looked up at call time."""
+    return comfy_attention.optimized_attention(q, k, v, heads, **kwargs)
+
+
+def attach_observer(model_clone, layers: list[CrossAttentionLayer], observer: Observer) -> None:
+    """Put ``observer`` on the attn2 replace of each layer of ``model_clone`` (a clone the caller owns).
+
+    A layer that already carries this pack's replace gets a new replace with the observer added; a layer held by
+    another pack's replace (under the 3-part or the older 2-part key) is wrapped: that function still computes the
+    output and the observer sees probabilities computed from the same q and k.
+    """
+    to = model_clone.model_options.setdefault("transformer_options", {})
+    current = to.get("patches_replace", {}).get("attn2", {})
+    for layer in layers:
+        key = layer.key
+        existing = current.get(key, current.get(key[:2]))
+        if getattr(existing, "is_attention_align_replace", False):
+            replace = existing.with_observer(observer)
+        else:
+            replace = CrossAttentionReplace(host_attention, (observer,), inner=existing)
+        model_clone.set_model_attn2_replace(replace, key[0], key[1], key[2])

@@ -1,0 +1,9 @@
+"""The pack's socket types. Their values are plain Python objects from ``guidance``."""
+from comfy_api.latest import io
+
+#: guidance.text_attention.TextAttention
+TextAttentionType = io.Custom("TEXT_ATTENTION")
+#: guidance.maps.AttentionRecorder (filled while a sampler runs the captured model)
+AttentionMapsType = io.Custom("ATTENTION_MAPS")
+
+CATEGORY = "attention_align"
