@@ -1,0 +1,60 @@
+"""Write the UI-format workflows in workflows/ from their API-format definitions below.
+
+The UI format (what ComfyUI's frontend saves and loads) stores widget values by position, in the order of each
+node's schema; generating it from the live node definitions keeps the files in step with the nodes. Run after
+changing a node's inputs:  .venv/bin/python scripts/build_workflows.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from headless import REPO_ROOT, ComfyHost, api_to_ui, find_comfyui
+
+SD15 = "v1-5-pruned-emaonly.safetensors"
+
+
+def capture_and_visualise() -> tuple[dict, dict]:
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
+        "2": {"class_type": "AttentionAlignTextSelfAttention",
+              "inputs": {"clip": ["1", 1], "text": "a red car and a blue bench", "encoder": "auto", "gamma": 3.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry, low quality"}},
+        "4": {"class_type": "AttentionAlignCaptureCrossAttention",
+              "inputs": {"model": ["1", 0], "levels": "all", "record_steps": False}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": 4913, "steps": 20, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 2], "negative": ["3", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "AttentionAlignVisualize", "inputs": {
+            "attention_maps": ["4", 1], "text_attention": ["2", 0], "image": ["7", 0], "words": "", "level": "all",
+            "columns": 4}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "attention_align/maps"}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "attention_align/image"}},
+        "11": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+    }
+    positions = {"1": (40, 300), "2": (420, 80), "3": (420, 420), "4": (420, 660), "5": (420, 880), "6": (860, 300),
+                 "7": (1240, 300), "8": (1500, 300), "9": (1900, 200), "10": (1500, 720), "11": (860, 40)}
+    return prompt, positions
+
+
+WORKFLOWS = {"capture_and_visualise_sd15.json": capture_and_visualise}
+
+
+def main() -> None:
+    comfy = find_comfyui()
+    if comfy is None:
+        sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    host = ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_build_")))
+    for name, make in WORKFLOWS.items():
+        prompt, positions = make()
+        path = REPO_ROOT / "workflows" / name
+        path.write_text(json.dumps(api_to_ui(prompt, host, positions), indent=1) + "\n")
+        print("wrote", path.relative_to(REPO_ROOT))
+
+
+if __name__ == "__main__":
+    main()

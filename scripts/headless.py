@@ -1,0 +1,283 @@
+"""Run ComfyUI headless, in-process, with this pack installed: the harness behind the tests and the demo runner.
+
+* :func:`find_comfyui` finds a checkout: ``$COMFYUI_PATH``, else the ComfyUI this repository sits in
+  (``ComfyUI/custom_nodes/<pack>``), else ``~/ComfyUI``.
+* :class:`ComfyHost` boots it on the CPU with a private base directory (``--base-directory``): only this pack is in
+  its ``custom_nodes`` (as a symlink, as a user's clone would be), models come from ``<base>/models``. One host per
+  process: ComfyUI keeps global state.
+* :meth:`ComfyHost.run` executes an API-format prompt with ComfyUI's own ``PromptExecutor`` and returns every
+  node's raw outputs; :func:`ui_to_api` converts a UI-format workflow (what the frontend saves) to API format the
+  way the frontend does when it queues a prompt.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "attention_align"
+
+
+def find_comfyui(repo_root: Path = REPO_ROOT) -> Path | None:
+    """The ComfyUI checkout to use, or None. Order: $COMFYUI_PATH, the custom_nodes layout, ~/ComfyUI."""
+    def is_checkout(p: Path) -> bool:
+        return (p / "main.py").is_file() and (p / "comfy").is_dir() and (p / "nodes.py").is_file()
+
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        p = Path(env).expanduser().resolve()
+        if not is_checkout(p):
+            raise FileNotFoundError(f"COMFYUI_PATH={env} is not a ComfyUI checkout (no main.py, nodes.py and comfy/)")
+        return p
+    if repo_root.parent.name == "custom_nodes" and is_checkout(repo_root.parent.parent):
+        return repo_root.parent.parent
+    home = Path("~/ComfyUI").expanduser()
+    return home if is_checkout(home) else None
+
+
+class ExecutionFailed(RuntimeError):
+    """A prompt failed in ComfyUI; ``node_type`` and ``exception_message`` say where and why."""
+
+    def __init__(self, node_id: str, node_type: str, exception_type: str, message: str, traceback_text: str):
+        super().__init__(f"node {node_id} ({node_type}) raised {exception_type}: {message}\n{traceback_text}")
+        self.node_id, self.node_type, self.exception_type, self.exception_message = node_id, node_type, exception_type, message
+
+
+class _Server:
+    """The little of server.PromptServer that PromptExecutor uses."""
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def send_sync(self, event, data, sid=None):
+        pass
+
+
+class ComfyHost:
+    """ComfyUI booted in this process with only this pack in ``custom_nodes``."""
+
+    _instance: "ComfyHost | None" = None
+
+    def __init__(self, comfy_path: Path, base_dir: Path, pack_dir: Path = REPO_ROOT):
+        if ComfyHost._instance is not None:
+            raise RuntimeError("ComfyUI can be booted once per process; use ComfyHost.instance")
+        ComfyHost._instance = self
+        self.comfy_path, self.base_dir = Path(comfy_path), Path(base_dir)
+        for sub in ("custom_nodes", "models/checkpoints", "output", "input", "temp", "user"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        link = self.base_dir / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(Path(pack_dir).resolve(), target_is_directory=True)
+        self.pack_path = str(link)
+
+        if str(self.comfy_path) not in sys.path:
+            sys.path.insert(0, str(self.comfy_path))
+        from comfy.cli_args import args
+        args.cpu = True
+        args.base_directory = str(self.base_dir)
+        args.disable_auto_launch = True
+        import utils.install_util  # noqa: F401  ComfyUI's own utils package, before nodes.py shadows it with comfy/utils
+        import utils.extra_config  # noqa: F401
+        import comfy.utils
+        import execution
+        import folder_paths  # noqa: F401
+        import nodes
+
+        comfy.utils.PROGRESS_BAR_ENABLED = False
+        self.nodes, self.execution = nodes, execution
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        self.executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
+
+    @classmethod
+    def instance(cls, comfy_path: Path, base_dir: Path) -> "ComfyHost":
+        return cls._instance if cls._instance is not None else cls(comfy_path, base_dir)
+
+    # -- the pack as ComfyUI loaded it ------------------------------------------------------------
+    def pack_module(self, name: str = ""):
+        """A module of the pack as ComfyUI imported it (``"guidance.maps"``, ``"nodes"``, or ``""`` for the root)."""
+        import importlib
+
+        root = self.pack_path.replace(".", "_x_")  # ComfyUI names a package after its path, dots escaped
+        return importlib.import_module(f"{root}.{name}") if name else sys.modules[root]
+
+    def node_class(self, class_type: str):
+        return self.nodes.NODE_CLASS_MAPPINGS[class_type]
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.base_dir / "models" / "checkpoints" / name
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(self, prompt: dict, fresh: bool = False) -> dict:
+        """Validate and execute an API-format prompt; returns ``{node_id: [output_0, output_1, …]}``.
+
+        Raises :class:`ExecutionFailed` with the node's exception message if a node fails, and ``ValueError`` if
+        ComfyUI's validation rejects the prompt. ``fresh`` drops ComfyUI's output cache first.
+        """
+        if fresh:
+            self.executor.reset()
+        pid = str(uuid.uuid4())
+        leaves = self._leaves(prompt)
+        # ComfyUI validates and runs only what output nodes need; tests also read nodes that feed nothing, so
+        # validation sees a core PreviewAny sink on each such leaf, and those leaves are executed as targets.
+        checked = dict(prompt)
+        for nid in leaves:
+            checked[f"sink_{nid}"] = {"class_type": "PreviewAny", "inputs": {"source": [nid, 0]}}
+        valid = asyncio.run(self.execution.validate_prompt(pid, checked, None))
+        if not valid[0]:
+            raise ValueError(f"ComfyUI rejected the prompt: {json.dumps(valid[1])} {json.dumps(valid[3], default=str)}")
+        targets = [nid for nid in valid[2] if nid in prompt] + leaves
+        self.executor.execute(prompt, pid, {}, targets)
+        if not self.executor.success:
+            for event, data in self.executor.status_messages:
+                if event == "execution_error":
+                    raise ExecutionFailed(data["node_id"], data["node_type"], data["exception_type"],
+                                          data["exception_message"], "".join(data.get("traceback", [])))
+            raise RuntimeError(f"prompt failed: {self.executor.status_messages}")
+        out = {}
+        for node_id in prompt:
+            cached = self.executor.caches.outputs.get(node_id)
+            if cached is not None:
+                out[node_id] = [slot[0] if isinstance(slot, list) and len(slot) == 1 else slot
+                                for slot in (cached.outputs if hasattr(cached, "outputs") else cached)]
+        self.ui_outputs = self.executor.history_result["outputs"]
+        return out
+
+    def _leaves(self, prompt: dict) -> list[str]:
+        """Non-output nodes with outputs that no other node consumes."""
+        consumed = {v[0] for node in prompt.values() for v in node["inputs"].values()
+                    if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)}
+        leaves = []
+        for nid, node in prompt.items():
+            cls = self.node_class(node["class_type"])
+            if nid not in consumed and cls.RETURN_TYPES and not getattr(cls, "OUTPUT_NODE", False):
+                leaves.append(nid)
+        return leaves
+
+    def input_order(self, class_type: str) -> list[tuple[str, tuple]]:
+        """The node's inputs in schema order: ``[(name, (type, options)), …]`` over required then optional."""
+        spec = self.node_class(class_type).INPUT_TYPES()
+        order = []
+        for section in ("required", "optional"):
+            for name, value in (spec.get(section) or {}).items():
+                order.append((name, value if isinstance(value, tuple) else tuple(value)))
+        return order
+
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _is_widget(spec: tuple) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _has_control_widget(name: str, spec: tuple) -> bool:
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return bool(opts.get("control_after_generate")) or (name in ("seed", "noise_seed") and spec[0] == "INT")
+
+
+def ui_to_api(workflow: dict, host: ComfyHost) -> dict:
+    """Convert a UI-format workflow to an API prompt, as the frontend's graphToPrompt does.
+
+    Widget values are positional (``widgets_values``) in schema order of the widget inputs, with one extra entry
+    (e.g. ``"fixed"``) after every seed widget that has a control-after-generate menu. Links come from the workflow's
+    ``links`` table. Muted/bypassed nodes and notes are not supported here and raise.
+    """
+    links = {link[0]: link for link in workflow["links"]}
+    prompt: dict[str, dict] = {}
+    for node in workflow["nodes"]:
+        if node["type"] in ("Note", "MarkdownNote"):
+            continue
+        if node.get("mode", 0) != 0:
+            raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed; not supported here")
+        order = host.input_order(node["type"])
+        values = list(node.get("widgets_values") or [])
+        inputs: dict[str, object] = {}
+        pos = 0
+        for name, spec in order:
+            if not _is_widget(spec):
+                continue
+            if pos >= len(values):
+                raise ValueError(f"node {node['id']} ({node['type']}): widgets_values has no value for '{name}'")
+            inputs[name] = values[pos]
+            pos += 2 if _has_control_widget(name, spec) else 1
+        if pos != len(values):
+            raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values, {pos} expected")
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                link = links[slot["link"]]
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def api_to_ui(prompt: dict, host: ComfyHost, positions: dict[str, tuple[int, int]] | None = None) -> dict:
+    """Build a UI-format workflow (format version 0.4) from an API prompt, with node sizes left to the frontend.
+
+    Every linked input becomes a socket entry; widget values are written positionally (with ``"fixed"`` after
+    seed widgets). Output slots are typed from the node classes.
+    """
+    positions = positions or {}
+    ids = {nid: int(nid) for nid in prompt}
+    links: list[list] = []
+    out_links: dict[tuple[int, int], list[int]] = {}
+    nodes_ui = []
+    for order_idx, (nid, node) in enumerate(prompt.items()):
+        cls = host.node_class(node["class_type"])
+        in_slots, values = [], []
+        for name, spec in host.input_order(node["class_type"]):
+            value = node["inputs"].get(name)
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                src, src_slot = ids[value[0]], value[1]
+                link_id = len(links) + 1
+                src_type = host.node_class(prompt[value[0]]["class_type"]).RETURN_TYPES[src_slot]
+                links.append([link_id, src, src_slot, ids[nid], len(in_slots), src_type])
+                out_links.setdefault((src, src_slot), []).append(link_id)
+                entry = {"name": name, "type": spec[0] if not isinstance(spec[0], list) else "COMBO", "link": link_id}
+                if _is_widget(spec):
+                    entry["widget"] = {"name": name}
+                in_slots.append(entry)
+            elif not _is_widget(spec):
+                if value is not None:
+                    raise ValueError(f"node {nid}: socket input '{name}' must be a link")
+                opts = spec[1] if len(spec) > 1 else {}
+                in_slots.append({"name": name, "type": spec[0], "link": None, **({"shape": 7} if opts.get("optional") else {})})
+            if _is_widget(spec):
+                if value is None or (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+                    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                    default = opts.get("default", spec[0][0] if isinstance(spec[0], list) else None)
+                    values.append(default)
+                else:
+                    values.append(value)
+                if _has_control_widget(name, spec):
+                    values.append("fixed")
+        x, y = positions.get(nid, (100 + 340 * order_idx, 100))
+        nodes_ui.append({
+            "id": ids[nid], "type": node["class_type"], "pos": [x, y], "size": [320, 160], "flags": {},
+            "order": order_idx, "mode": 0, "inputs": in_slots,
+            "outputs": [{"name": n, "type": t, "links": None, "slot_index": i}
+                        for i, (t, n) in enumerate(zip(cls.RETURN_TYPES, getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES))],
+            "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values,
+        })
+    for n in nodes_ui:
+        for o in n["outputs"]:
+            o["links"] = out_links.get((n["id"], o["slot_index"]), [])
+    return {"last_node_id": max(ids.values()), "last_link_id": len(links), "nodes": nodes_ui, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def quiet_logging() -> None:
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--find"]:
+        found = find_comfyui()
+        print(found if found is not None else "")
+    else:
+        sys.exit("usage: headless.py --find   (prints the ComfyUI checkout the tests will use, or nothing)")

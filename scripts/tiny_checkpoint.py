@@ -1,0 +1,124 @@
+"""Build a tiny random-weight checkpoint that ComfyUI's CheckpointLoaderSimple detects as SD1.5 (no download).
+
+The model is built from ComfyUI's own classes (UNetModel, SDClipModel, TAESD) and saved as safetensors; nothing of
+ComfyUI is copied. ComfyUI's SD15 detector only fixes ``model_channels 320``, ``context_dim 768`` and 8 heads, so the
+UNet can be small; the CLIP-L text encoder cannot shrink (its config is fixed), so the file is ~330 MiB in fp16.
+
+Initialisation matters for tests: ComfyUI's default init (normal 0.02) gives a UNet whose output barely depends on
+its input and attention that is almost uniform, so tests on it could hardly fail. Here every weight matrix gets
+``std = gain/√fan_in`` (signal-preserving), layers that real checkpoints zero-initialise are random too, and the
+attention query/key projections get ``gain = QK_GAIN`` so text and cross-attention maps are peaked and depend on the
+latent and the prompt.
+
+Layouts (all detected as SD15):
+  tiny  3 levels (latent ÷1, ÷2, ÷4), one res block and one transformer per level, middle transformer: 10 attn2
+        layers; at 128 px the ÷4 level is 4×4 (the "image ÷ 32" level T-SAM and A&E use at 16×16 for 512 px).
+  sd15  SD1.5's block numbering (attn2 at input 1,2,4,5,7,8, middle, output 3..11), every level at 320 channels.
+
+Usage: python scripts/tiny_checkpoint.py OUT.safetensors [--layout tiny|sd15] [--fp32] [--seed N]
+ComfyUI must be importable (run with the ComfyUI checkout on PYTHONPATH, or call :func:`build` from a process that
+already imported it).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+QK_GAIN = 1.5
+
+LAYOUTS = {
+    "tiny": dict(channel_mult=[1, 1, 1], num_res_blocks=[1, 1, 1], transformer_depth=[1, 1, 1],
+                 transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 1, 1]),
+    "sd15": dict(channel_mult=[1, 1, 1, 1], num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                 transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]),
+}
+
+
+def _init_(module, qk_names=("to_q", "to_k", "q_proj", "k_proj"), embed_std=None) -> None:
+    """Signal-preserving random init of every tensor (ComfyUI ops skip ``reset_parameters``)."""
+    import torch
+
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+    with torch.no_grad():
+        for mod_name, mod in module.named_modules():
+            leaf_module = mod_name.rsplit(".", 1)[-1]
+            for pname, p in mod.named_parameters(recurse=False):
+                if isinstance(mod, norms):
+                    p.fill_(1.0) if pname == "weight" else p.zero_()
+                elif p.ndim >= 2 and "embedding" in leaf_module and embed_std is not None:
+                    p.normal_(0.0, embed_std)
+                elif p.ndim >= 2:
+                    gain = QK_GAIN if leaf_module in qk_names else 1.0
+                    p.normal_(0.0, gain / math.sqrt(p[0].numel()))
+                else:
+                    p.zero_()
+
+
+def build(out_path: str, layout: str = "tiny", fp16: bool = True, seed: int = 0) -> dict:
+    """Write the checkpoint; returns parameter counts. ComfyUI must be importable."""
+    import torch
+    import safetensors.torch
+    from comfy.cli_args import args as comfy_args
+
+    if "comfy.model_management" not in sys.modules:
+        comfy_args.cpu = True  # a CPU-only torch needs this before model_management is imported
+    import comfy.model_detection
+    import comfy.ops
+    import comfy.sd1_clip
+    import comfy.taesd.taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout '{layout}' is unknown; choose one of {sorted(LAYOUTS)}")
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        cfg = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, context_dim=768,
+                   use_spatial_transformer=True, legacy=False, use_checkpoint=False, use_linear_in_transformer=False,
+                   adm_in_channels=None, num_heads=8, num_head_channels=-1, use_temporal_resblock=False,
+                   use_temporal_attention=False, **LAYOUTS[layout])
+        with torch.inference_mode(False):
+            unet = UNetModel(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+            _init_(unet)
+            sd = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+            detected = comfy.model_detection.model_config_from_unet_config(
+                comfy.model_detection.detect_unet_config(sd, "model.diffusion_model."), sd)
+            if type(detected).__name__ != "SD15":
+                raise RuntimeError(f"ComfyUI detects this layout as {type(detected).__name__}, not SD15")
+
+            clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+            _init_(clip.transformer, embed_std=1.0)
+            sd.update({"cond_stage_model.transformer." + k: v for k, v in clip.transformer.state_dict().items()})
+
+            taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+            _init_(taesd)
+            with torch.no_grad():
+                taesd.vae_scale.fill_(1.0)
+                taesd.vae_shift.fill_(0.0)
+            sd.update({"first_stage_model." + k: v for k, v in taesd.state_dict().items()})
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+    dtype = torch.float16 if fp16 else torch.float32
+    sd = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    safetensors.torch.save_file(sd, out_path)
+    count = lambda prefix: sum(v.numel() for k, v in sd.items() if k.startswith(prefix))  # noqa: E731
+    return {"unet": count("model."), "clip": count("cond_stage_model."), "vae": count("first_stage_model.")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--layout", default="tiny", choices=sorted(LAYOUTS))
+    ap.add_argument("--fp32", action="store_true", help="store float32 (default float16, half the size)")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    counts = build(a.out, a.layout, fp16=not a.fp32, seed=a.seed)
+    print(f"wrote {a.out}: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The foundation nodes inside a real ComfyUI on the tiny random-weight SD1.5-family checkpoint."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from conftest import PROMPT, ROOT
+
+NODE_IDS = ["AttentionAlignTextSelfAttention", "AttentionAlignCaptureCrossAttention", "AttentionAlignVisualize"]
+
+
+def graph(ckpt, prompt=PROMPT, capture=True, size=128, steps=4, sampler="euler_ancestral", batch=1, words="",
+          levels="all", record_steps=False, level="all", seed=3):
+    """Checkpoint → text self-attention (positive) → [capture] → KSampler → VAE decode → visualise."""
+    g = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "text": {"class_type": "AttentionAlignTextSelfAttention",
+                 "inputs": {"clip": ["ckpt", 1], "text": prompt, "encoder": "auto", "gamma": 3.0}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry, ugly"}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["capture", 0] if capture else ["ckpt", 0], "seed": seed, "steps": steps, "cfg": 7.0,
+            "sampler_name": sampler, "scheduler": "normal", "positive": ["text", 2], "negative": ["neg", 0],
+            "latent_image": ["latent", 0], "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+    }
+    if capture:
+        g["capture"] = {"class_type": "AttentionAlignCaptureCrossAttention",
+                        "inputs": {"model": ["ckpt", 0], "levels": levels, "record_steps": record_steps}}
+        g["viz"] = {"class_type": "AttentionAlignVisualize", "inputs": {
+            "attention_maps": ["capture", 1], "text_attention": ["text", 0], "image": ["decode", 0],
+            "words": words, "level": level, "columns": 4}}
+    return g
+
+
+def test_nodes_register_with_descriptions_and_tooltips(host):
+    for node_id in NODE_IDS:
+        cls = host.node_class(node_id)
+        schema = cls.GET_SCHEMA()
+        assert schema.description, node_id
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
+
+
+def test_pack_loads_from_any_folder_name(tmp_path, comfy_path):
+    """A user's clone may be called anything (dots and dashes included); relative imports must still work."""
+    base = tmp_path / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / "ComfyUI-Attention-Align.git-main").symlink_to(ROOT, target_is_directory=True)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(comfy_path)!r})
+        from comfy.cli_args import args
+        args.cpu = True; args.base_directory = {str(base)!r}
+        import utils.install_util, utils.extra_config, asyncio, nodes
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        print(sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("AttentionAlign")))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == str(sorted(NODE_IDS))
+
+
+def clip_reference_attention(state_dict: dict, ids: list[int]) -> torch.Tensor:
+    """Self-attention of every layer and head of CLIP-L, computed by hand from the checkpoint's weights:
+    embeddings, then per layer LN → q/k/v projections → causal softmax(qkᵀ/√d) → out proj → residual → MLP."""
+    p = "cond_stage_model.transformer.text_model."
+    w = lambda k: state_dict[p + k].float()  # noqa: E731
+    t = len(ids)
+    x = w("embeddings.token_embedding.weight")[torch.tensor(ids)] + w("embeddings.position_embedding.weight")[:t]
+    causal = torch.full((t, t), float("-inf")).triu(1)
+    heads, d = 12, 64
+    out = []
+    for i in range(12):
+        layer = f"encoder.layers.{i}."
+        h = F.layer_norm(x, (768,), w(layer + "layer_norm1.weight"), w(layer + "layer_norm1.bias"), eps=1e-5)
+        proj = lambda name, v: v @ w(layer + f"self_attn.{name}.weight").T + w(layer + f"self_attn.{name}.bias")  # noqa: E731
+        q, k, v = proj("q_proj", h), proj("k_proj", h), proj("v_proj", h)
+        probs = torch.stack([torch.softmax(q[:, j * d:(j + 1) * d] @ k[:, j * d:(j + 1) * d].T / d ** 0.5 + causal, -1)
+                             for j in range(heads)])                                     # [heads, T, T]
+        out.append(probs)
+        o = torch.cat([probs[j] @ v[:, j * d:(j + 1) * d] for j in range(heads)], dim=-1)
+        x = x + proj("out_proj", o)
+        h2 = F.layer_norm(x, (768,), w(layer + "layer_norm2.weight"), w(layer + "layer_norm2.bias"), eps=1e-5)
+        m = h2 @ w(layer + "mlp.fc1.weight").T + w(layer + "mlp.fc1.bias")
+        m = m * torch.sigmoid(1.702 * m)                                                 # quick_gelu
+        x = x + m @ w(layer + "mlp.fc2.weight").T + w(layer + "mlp.fc2.bias")
+    return torch.stack(out)                                                              # [layers, heads, T, T]
+
+
+def test_text_attention_equals_independent_computation_from_the_weights(host, tiny_ckpt, loaded):
+    _, clip, _ = loaded
+    out = host.run({"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_ckpt}},
+                    "text": {"class_type": "AttentionAlignTextSelfAttention",
+                             "inputs": {"clip": ["ckpt", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}}})
+    ta, image, conditioning = out["text"]
+    ids = [tok for tok, _ in clip.tokenize(PROMPT)["l"][0]]
+    sd = safetensors.torch.load_file(str(host.checkpoint_path(tiny_ckpt)))
+    ref = clip_reference_attention(sd, ids)
+    assert ta.encoder == "clip_l" and ta.probs.shape == (12, 12, 77, 77)
+    torch.testing.assert_close(ta.probs, ref, rtol=0, atol=2e-4)
+    # the maps are far from uniform, so the comparison above could fail on a wrong layer or head
+    assert ref[:, :, 7, :8].max() > 0.5
+    # T as T-SAM defines it, from the reference: mean over heads and layers, [1:eos], ^3, rows renormalised
+    eos = ids.index(49407)
+    t_ref = ref.mean((0, 1))[1:eos, 1:eos] ** 3
+    torch.testing.assert_close(ta.target(), t_ref / (t_ref.sum(-1, keepdim=True) + 1e-7), rtol=1e-3, atol=1e-5)
+    # tokens decode like the tokenizer itself, and words map to positions
+    hf = clip.tokenizer.clip_l.tokenizer.convert_ids_to_tokens(ids)
+    assert ta.pieces == hf
+    assert [(w.label, w.positions) for w in ta.words] == [
+        ("a", (1,)), ("red", (2,)), ("car", (3,)), ("and", (4,)), ("a#2", (5,)), ("blue", (6,)), ("bench", (7,))]
+    # the conditioning is what CLIP Text Encode gives
+    plain = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
+    assert torch.equal(conditioning[0][0], plain[0][0])
+    assert image.shape[0] == 1 and image.shape[-1] == 3 and 0 <= image.min() and image.max() <= 1
+
+
+def test_capture_leaves_the_sampled_latent_identical(host, tiny_ckpt):
+    plain = host.run(graph(tiny_ckpt, capture=False))["sample"][0]["samples"]
+    captured = host.run(graph(tiny_ckpt, capture=True))
+    assert torch.equal(captured["sample"][0]["samples"], plain)
+    assert not captured["capture"][1].empty
+
+
+def test_captured_maps_have_the_expected_shapes_and_sum_to_one(host, tiny_ckpt):
+    out = host.run(graph(tiny_ckpt, batch=2, size=128, steps=3, sampler="euler", record_steps=True))
+    rec = out["capture"][1]
+    assert rec.latent_size == (16, 16)
+    assert rec.sizes() == [(16, 16), (8, 8), (4, 4)]              # the tiny model's three levels at 128 px
+    assert len(rec.layers_seen) == 10
+    for h, w in rec.sizes():
+        maps = rec.mean((h, w))
+        assert maps.shape == (2, 77, h, w)
+        torch.testing.assert_close(maps.sum(1), torch.ones(2, h, w), rtol=0, atol=1e-5)
+        assert not torch.allclose(maps[0], maps[1], atol=1e-3)   # each sample has its own maps
+    assert [(s.step, s.exact) for s in rec.steps] == [(0, True), (1, True), (2, True)]
+    # the per-step maps average to the overall mean (every step saw the same layers)
+    mean_of_steps = torch.stack([s.mean((4, 4)) for s in rec.steps]).mean(0)
+    torch.testing.assert_close(mean_of_steps, rec.mean((4, 4)))
+
+
+def test_levels_select_resolutions_and_unknown_levels_are_refused(host, tiny_ckpt):
+    rec = host.run(graph(tiny_ckpt, levels="32", steps=2))["capture"][1]
+    assert rec.sizes() == [(4, 4)] and len(rec.layers_seen) == 4
+    with pytest.raises(Exception, match="levels: '64' is not a cross-attention level of this model.*8, 16, 32"):
+        host.run(graph(tiny_ckpt, levels="64", steps=2))
+
+
+def test_visualisation_returns_images_and_labels_of_the_prompt(host, tiny_ckpt):
+    out = host.run(graph(tiny_ckpt, batch=2, steps=3))
+    grid_img, labels = out["viz"]
+    assert grid_img.ndim == 4 and grid_img.shape[0] == 2 and grid_img.shape[-1] == 3
+    assert grid_img.dtype == torch.float32 and grid_img.min() >= 0 and grid_img.max() <= 1
+    assert labels.splitlines() == ["a", "red", "car", "and", "a#2", "blue", "bench", "T", "S"]
+    # 9 tiles of 128×128 in 4 columns with 4 px gaps
+    assert grid_img.shape[1:3] == (3 * 128 + 2 * 4, 4 * 128 + 3 * 4)
+    # tiles differ between words (each shows its own map) and between batch items
+    tile = lambda g, i: g[(i // 4) * 132:(i // 4) * 132 + 128, (i % 4) * 132:(i % 4) * 132 + 128]  # noqa: E731
+    assert (tile(grid_img[0], 2) - tile(grid_img[0], 6)).abs().mean() > 0.02
+    assert (tile(grid_img[0], 2) - tile(grid_img[1], 2)).abs().mean() > 0.02
+
+    chosen = host.run(graph(tiny_ckpt, batch=2, steps=3, words="bench, car"))["viz"][1]
+    assert chosen.splitlines() == ["bench", "car", "T", "S"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"words": "dog"}, "words: 'dog' is not a word of the prompt. The prompt's words are: a, red, car, and, a#2, "
+                       "blue, bench"),
+    ({"prompt": "   "}, "text: the prompt is empty"),
+    ({"prompt": " ".join(["red car"] * 40)}, "text: the prompt has 80 tokens, more than fit in one 77-token window"),
+    ({"level": "16x"}, "level: '16x' was not recorded"),
+])
+def test_bad_input_is_refused_with_a_clear_message(host, tiny_ckpt, kwargs, message):
+    from headless import ExecutionFailed
+
+    with pytest.raises(ExecutionFailed) as err:
+        host.run(graph(tiny_ckpt, steps=2, **kwargs))
+    assert message in err.value.exception_message
+
+
+def test_visualising_before_sampling_is_refused(host, loaded):
+    model = loaded[0]
+    _, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(model, "all", False).args
+    ta = host.run({"c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+                   "t": {"class_type": "AttentionAlignTextSelfAttention",
+                         "inputs": {"clip": ["c", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}}})["t"][0]
+    with pytest.raises(ValueError, match="attention_maps: nothing was recorded yet"):
+        host.node_class("AttentionAlignVisualize").execute("", "all", 4, attention_maps=recorder, text_attention=ta)
+    filled = host.run(graph("tiny_sd15.safetensors", steps=2))["capture"][1]
+    with pytest.raises(ValueError, match="text_attention: needed with attention_maps"):
+        host.node_class("AttentionAlignVisualize").execute("", "all", 4, attention_maps=filled)
+
+
+def test_text_attention_hooks_are_removed_when_encoding_fails(host, loaded):
+    _, clip, _ = loaded
+    node = host.node_class("AttentionAlignTextSelfAttention")
+    broken = clip.clone()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("encoder exploded")
+
+    broken.encode_from_tokens_scheduled = fail
+    with pytest.raises(RuntimeError, match="encoder exploded"):
+        node.execute(broken, PROMPT, "auto", 3.0)
+    layers = clip.cond_stage_model.clip_l.transformer.text_model.encoder.layers
+    assert all(len(layer.self_attn._forward_hooks) == 0 for layer in layers)
+
+
+def test_capture_wraps_another_packs_replace_instead_of_dropping_it(host, loaded):
+    import nodes as comfy_nodes
+
+    model, clip, _ = loaded
+    attention = host.pack_module("guidance.attention_patch")
+    calls = []
+
+    def foreign(q, k, v, extra):      # another pack's attn2 replace: plain attention, output halved
+        calls.append(extra["block"])
+        return attention.probs_times_v(attention.attention_probs(q, k, extra["n_heads"]), v) * 0.5
+
+    other = model.clone()
+    other.set_model_attn2_replace(foreign, "input", 5)           # the older 2-part key, as some packs use
+    pos = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+
+    def sample(m):
+        return comfy_nodes.common_ksampler(m, 5, 2, 7.0, "euler", "normal", pos, neg, latent)[0]["samples"]
+
+    stock, with_foreign = sample(model), sample(other)
+    captured_model, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(other, "all", False).args
+    with_both = sample(captured_model)
+    assert not torch.equal(stock, with_foreign)
+    assert torch.equal(with_both, with_foreign)                   # the foreign replace still ran
+    assert ("input", 5, 0) in recorder.layers_seen and calls.count(("input", 5)) >= 4
+    assert "patches_replace" not in other.model_options["transformer_options"] or \
+        not getattr(other.model_options["transformer_options"]["patches_replace"]["attn2"].get(("input", 5, 0)),
+                    "is_attention_align_replace", False)          # the user's model was not touched
+
+
+def test_capture_refuses_a_model_without_unet_cross_attention(host):
+    import comfy.model_patcher
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    class DiTModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.diffusion_model = Flux(in_channels=4, out_channels=4, vec_in_dim=8, context_in_dim=16, hidden_size=32,
+                                        mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
+                                        theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False,
+                                        operations=comfy.ops.disable_weight_init)
+
+    patcher = comfy.model_patcher.ModelPatcher(DiTModel(), torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="model: this model's diffusion network is Flux, which has no UNet "
+                                         "cross-attention layers"):
+        host.node_class("AttentionAlignCaptureCrossAttention").execute(patcher, "all", False)
