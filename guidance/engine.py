@@ -1,0 +1,159 @@
+"""The latent update loop shared by the gradient methods (T-SAM, Attend-and-Excite, SynGen).
+
+At a guided step i the sampler's latent x (k-diffusion space) gets ``x ← x − α_i·∇_z L / c_in`` where z = c_in·x is
+the latent the UNet sees: this is the official ``z ← z − α_i ∇_z L`` (methods.md §0.2). The host supplies
+``grad_fn(x) → (L per sample [B], ∇_z L / c_in [B, …])`` (one cond-only UNet pass with graph); everything here is
+plain torch.
+
+Refinement reproduces the official loops exactly, with one evaluation reused: the step's own forward is the first
+evaluation. Both official loops (A&E's ``while loss > target`` and T-SAM's ``for cnt in range(30)`` with a give-up
+check at ``cnt == 20``) decide on a loss computed one evaluation *before* the latest one; with evaluations
+L_0, L_1, … (L_k at the latent after k updates), iteration k (1-based) decides on L_{max(k−2, 0)}.
+Each sample of a batch refines on its own (its own stop decisions), as the per-sample official loops do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from einops import rearrange
+
+from .attention_patch import LayerCall, positive_rows
+from .schedule import Plan
+
+GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class PassMaps:
+    """Observer for one gradient pass: the positive prompt's head-averaged maps of the layers at one level.
+
+    ``downsample`` is in latent pixels per map pixel (4 = SD1.5's 16×16 maps at 512 px). :meth:`maps` returns
+    ``[B, T, h, w]``, the mean over those layers, with the autograd graph intact.
+    """
+
+    def __init__(self, downsample: int):
+        self.downsample = downsample
+        self.parts: list[torch.Tensor] = []
+        self.size: tuple[int, int] | None = None
+
+    def wants(self, call: LayerCall) -> bool:
+        return call.grad_pass and call.divisor == self.downsample
+
+    def observe(self, probs: torch.Tensor, call: LayerCall) -> None:
+        self.size = call.size
+        self.parts.append(positive_rows(probs, call).mean(dim=1))          # [B, h·w, T]
+
+    def maps(self) -> torch.Tensor:
+        if not self.parts:
+            raise RuntimeError(f"no cross-attention layer at latent ÷{self.downsample} ran in the gradient pass")
+        h, w = self.size
+        return rearrange(torch.stack(self.parts).mean(0), "b (h w) t -> b t h w", h=h, w=w)
+
+
+@dataclass
+class StepRecord:
+    """What one guided step did, per sample of the batch."""
+
+    step: int
+    sigma: float
+    alpha: float
+    losses: list[torch.Tensor] = field(default_factory=list)  # every evaluation, [B] each; [0] = before updates
+    iterations: torch.Tensor | None = None                    # refinement updates per sample [B]
+    gave_up: torch.Tensor | None = None                       # T-SAM: stopped above threshold at give_up_at [B]
+    loss_after: torch.Tensor | None = None                    # loss at the updated latent (only when verifying)
+    x_before: torch.Tensor | None = None                      # the latent before the step (only when verifying)
+    x_after: torch.Tensor | None = None                       # the updated latent (only when verifying)
+
+    @property
+    def loss_before(self) -> torch.Tensor:
+        return self.losses[0]
+
+    @property
+    def loss_final(self) -> torch.Tensor:
+        """The loss whose gradient made the step's regular update (after any refinement)."""
+        return self.losses[-1]
+
+
+def _per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def guided_step(x: torch.Tensor, i: int, sigma: float, plan: Plan, grad_fn: GradFn,
+                verify_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                check_interrupt: Callable[[], None] = lambda: None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, StepRecord]:
+    """One guided step: optional refinement at the same σ, then the regular update ``x − α·δ``.
+
+    Returns the updated latent (a new tensor; ``x`` is not modified) and the step's record.
+    """
+    alpha = plan.alphas[i]
+    rec = StepRecord(step=i, sigma=sigma, alpha=alpha)
+    if verify_fn is not None:
+        rec.x_before = x.detach().clone()
+    check_interrupt()
+    loss, delta = grad_fn(x)
+    rec.losses.append(loss)
+    if plan.refine_at(i) and alpha != 0:
+        x, loss, delta = _refine(x, loss, delta, alpha, plan, grad_fn, rec, check_interrupt, progress)
+    x = x - alpha * delta
+    if verify_fn is not None:
+        check_interrupt()
+        rec.loss_after = verify_fn(x)
+        rec.x_after = x.detach().clone()
+    return x, rec
+
+
+def _refine(x, loss, delta, alpha, plan: Plan, grad_fn: GradFn, rec: StepRecord, check_interrupt, progress):
+    r = plan.refinement
+    threshold = r.threshold_at(rec.step)
+    b = loss.shape[0]
+    active = loss > threshold if r.enter_above else torch.ones(b, dtype=torch.bool, device=loss.device)
+    iterations = torch.zeros(b, dtype=torch.long)
+    gave_up = torch.zeros(b, dtype=torch.bool)
+    for k in range(1, r.max_iters + 1):
+        decided_on = rec.losses[max(k - 2, 0)]                 # the loss the official loops look at (see module doc)
+        if r.give_up_at is not None and k == r.give_up_at + 1:
+            stop = active & (decided_on > threshold)
+            gave_up |= stop.cpu()
+            active &= ~stop
+        if r.stop_below:
+            active &= decided_on > threshold
+        if not bool(active.any()):
+            break
+        check_interrupt()
+        x = x - alpha * delta * _per_sample(active, delta)
+        iterations += active.cpu().long()
+        loss, delta = grad_fn(x)
+        rec.losses.append(loss)
+        if progress is not None:
+            progress(k, r.max_iters)
+    rec.iterations, rec.gave_up = iterations, gave_up
+    return x, loss, delta
+
+
+@dataclass
+class GuidanceLog:
+    """Per-run record of guidance (the ``GUIDANCE_LOG`` type): one :class:`StepRecord` per guided step."""
+
+    method: str = ""
+    sampler: str = ""
+    path: str = ""                      # "in_place" or "chunked"
+    total_steps: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    runs: int = 0
+
+    def __deepcopy__(self, memo: dict) -> "GuidanceLog":
+        return self  # one handle shared by every clone of the guided model
+
+    def begin_run(self, method: str, sampler: str, path: str, total_steps: int) -> None:
+        self.method, self.sampler, self.path, self.total_steps = method, sampler, path, total_steps
+        self.steps, self.notes = [], []
+        self.runs += 1
+
+    def loss_curve(self) -> tuple[list[int], torch.Tensor]:
+        """(step indices, ``[n_steps, B]`` loss before each step's updates)."""
+        if not self.steps:
+            return [], torch.zeros(0, 0)
+        return [s.step for s in self.steps], torch.stack([s.loss_before.detach().float().cpu() for s in self.steps])

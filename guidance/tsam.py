@@ -1,0 +1,123 @@
+"""T-SAM's objective: make the image-side similarity of token maps follow the text self-attention T̂.
+
+Kim, Esmaeili & Qiu, "Text Embedding is Not All You Need", CVPR 2025 (arXiv 2411.15236). Two variants, as in the
+released code (``t-sam-diffusion/code``, ``pipeline_stable_diffusion_x_2.py``):
+
+* ``paper`` (default): the paper's L1 formula, code path ``_compute_self_attn_loss_cos_attn_like`` with
+  ``loss_type='abs_loss'``, ``cos1_or_cos2='cos2'``.
+* ``cosine``: the released default (``attn_like_loss: null`` → ``_compute_self_attn_loss_cos``).
+
+Maps are the raw, head- and layer-averaged cross-attention probabilities of the prompt tokens 1..L at one level,
+each smoothed with the official 3×3 Gaussian before comparison (``do_smoothing: true``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .smoothing import smooth_maps
+
+VARIANTS = ("paper", "cosine")
+
+
+def cosine_with_unit_diagonal(maps: torch.Tensor) -> torch.Tensor:
+    """C: ``C_ij = cos(vec(G∗A_i), vec(G∗A_j))`` for j < i, 1 on the diagonal, 0 above (the official ``torch.eye``
+    start). maps ``[B, L, h, w]`` → ``[B, L, L]``."""
+    v = smooth_maps(maps).flatten(-2)                                    # [B, L, h·w]
+    cos = F.cosine_similarity(v[:, :, None, :], v[:, None, :, :], dim=-1)  # [B, L, L]
+    eye = torch.eye(maps.shape[1], dtype=cos.dtype, device=cos.device)
+    return cos.tril(-1) + eye
+
+
+def tsam_loss_paper(maps: torch.Tensor, target: torch.Tensor, row_weight: float = 1.0) -> torch.Tensor:
+    """Paper formula: L = Σ_{i=1}^{L−1} (row_weight·(i+1)/L) · Σ_{j≤i} |T̂_ij − S_ij| with S = C / rowsum(C).
+
+    i is 0-based (the paper's 1-based i over s = L/row_weight). maps ``[B, L, h, w]``, target T̂ ``[L, L]``;
+    returns the loss per sample ``[B]``.
+    """
+    c = cosine_with_unit_diagonal(maps)
+    s = c / c.sum(dim=-1, keepdim=True)
+    n = maps.shape[1]
+    rows = torch.arange(n, device=maps.device, dtype=s.dtype)
+    weights = row_weight * (rows + 1) / n
+    weights[0] = 0.0                                                     # row 0 is skipped (trivially 0)
+    lower = torch.ones(n, n, dtype=torch.bool, device=maps.device).tril()
+    diff = ((target.to(s) - s).abs() * lower).sum(dim=-1)                # [B, L]
+    return (diff * weights).sum(dim=-1)
+
+
+def tsam_loss_cosine(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Released default: L = Σ_{i=1}^{L−1} 0.2·i·(1 − cos(T̂[i, :i], C[i, :i])) over strictly-lower entries.
+
+    maps ``[B, L, h, w]``, target ``[L, L]``; returns ``[B]``. Zero-padding the entries j ≥ i leaves each row's
+    cosine unchanged, so rows are compared in one batched call.
+    """
+    c = cosine_with_unit_diagonal(maps)
+    n = maps.shape[1]
+    strict = torch.ones(n, n, dtype=torch.bool, device=maps.device).tril(-1)
+    t = (target.to(c) * strict).expand_as(c)
+    cos = F.cosine_similarity(t, c * strict, dim=-1)                     # [B, L]; row 0 is 0·… and masked below
+    weights = 0.2 * torch.arange(n, device=maps.device, dtype=c.dtype)
+    return ((1 - cos) * weights).sum(dim=-1)
+
+
+def tsam_loss(maps: torch.Tensor, target: torch.Tensor, variant: str = "paper", row_weight: float = 1.0) -> torch.Tensor:
+    """Dispatch on ``variant`` (``paper`` | ``cosine``); see the two functions above."""
+    if maps.shape[1] != target.shape[0]:
+        raise ValueError(f"T-SAM: {maps.shape[1]} token maps but T̂ is {tuple(target.shape)}")
+    if variant == "paper":
+        return tsam_loss_paper(maps, target, row_weight)
+    if variant == "cosine":
+        return tsam_loss_cosine(maps, target)
+    raise ValueError(f"loss: '{variant}' is not a T-SAM loss; choose one of {', '.join(VARIANTS)}")
+
+
+def tsam_threshold(num_tokens: int, per_token: float = 0.14) -> float:
+    """Refinement threshold ``0.14·(L−1)``: the official dict {5: 0.14·4, 6: 0.14·5, 7: 0.14·6} for any L ≥ 2."""
+    return per_token * (num_tokens - 1)
+
+
+REFINE_MODES = ("official", "until_threshold", "off")
+
+
+class TSAMObjective:
+    """T-SAM's loss on the prompt tokens 1..L of maps at one level (``name``/``downsample``/``loss`` protocol)."""
+
+    name = "T-SAM"
+
+    def __init__(self, target: torch.Tensor, eos_index: int, variant: str = "paper", row_weight: float = 1.0,
+                 downsample: int = 4, context: torch.Tensor | None = None):
+        if variant not in VARIANTS:
+            raise ValueError(f"loss: '{variant}' is not a T-SAM loss; choose one of {', '.join(VARIANTS)}")
+        self.target, self.eos_index, self.variant = target.float(), eos_index, variant
+        self.row_weight, self.downsample = row_weight, downsample
+        self.context = context  # the encoded prompt T came from; the sampler checks the positive prompt against it
+
+    def loss(self, maps: torch.Tensor) -> torch.Tensor:
+        if maps.shape[1] < self.eos_index:
+            raise ValueError(f"T-SAM: the maps have {maps.shape[1]} tokens, the prompt needs {self.eos_index}")
+        return tsam_loss(maps[:, 1:self.eos_index], self.target.to(maps.device), self.variant, self.row_weight)
+
+
+def tsam_guidance(target: torch.Tensor, eos_index: int, prompt: str = "", variant: str = "paper",
+                  strength: float = 1.0, scale: float = 5.0, guided_paper_steps: float = 30,
+                  refine: str = "official", threshold_per_token: float = 0.14, downsample: int = 4,
+                  row_weight: float = 1.0, context: torch.Tensor | None = None):
+    """T-SAM with the released configuration (config.yaml): α = 5·√linspace(1, 0.5), updates at i < 30 of 50,
+    refinement at steps 0/10/20 with threshold 0.14·(L−1) — up to 30 iterations, giving up at iteration 20 if still
+    above it (``official``), or stopping once below it (``until_threshold``), or none (``off``)."""
+    from .method import GradientGuidance
+
+    n = eos_index - 1
+    if n < 2:
+        raise ValueError(f"text_attention: T-SAM compares pairs of prompt tokens, but '{prompt}' has {n} token; "
+                         "use a prompt of at least two tokens")
+    if refine not in REFINE_MODES:
+        raise ValueError(f"refine: '{refine}' is not one of {', '.join(REFINE_MODES)}")
+    threshold = tsam_threshold(n, threshold_per_token)
+    refine_steps = () if refine == "off" else tuple((k, threshold) for k in (0.0, 10.0, 20.0))
+    return GradientGuidance(
+        objective=TSAMObjective(target, eos_index, variant, row_weight, downsample, context),
+        guided_paper_steps=guided_paper_steps, scale=scale, decay=True, strength=strength,
+        refine_paper_thresholds=refine_steps, max_iters=30 if refine != "off" else 0,
+        stop_below=refine == "until_threshold", give_up_at=20 if refine == "official" else None)
