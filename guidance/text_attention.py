@@ -52,6 +52,7 @@ class TextAttention:
     pieces: list[str]
     token_ids: list[int | None]       # None where the token is an embedding vector
     gamma: float = 3.0
+    context: torch.Tensor | None = None  # the encoded prompt [1, T, C] this attention came from (CPU, float32)
     eos_index: int = field(init=False)
     words: list[Word] = field(init=False)
 

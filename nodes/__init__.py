@@ -1,11 +1,15 @@
 """ComfyUI adapters (V3 schema). Each module holds one node; the maths lives in ``guidance``."""
 from comfy_api.latest import ComfyExtension, io
 
+from .apply_guidance import ApplyGuidance
 from .capture import CaptureCrossAttention
+from .guided_sampler import GuidedKSampler
 from .text_attention import TextSelfAttention
+from .tsam import TSAMGuidance
 from .visualize import VisualizeAttention
 
-NODES: list[type[io.ComfyNode]] = [TextSelfAttention, CaptureCrossAttention, VisualizeAttention]
+NODES: list[type[io.ComfyNode]] = [TextSelfAttention, CaptureCrossAttention, VisualizeAttention, TSAMGuidance,
+                                   GuidedKSampler, ApplyGuidance]
 
 
 class AttentionAlignExtension(ComfyExtension):

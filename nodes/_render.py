@@ -70,3 +70,43 @@ def matrix_tile(matrix: torch.Tensor, labels: list[str], size: tuple[int, int], 
         img.paste(col, (cx, y0 - 4 - col.size[1]))
     draw.rectangle((x0 - 1, y0 - 1, x0 + grid_px, y0 + grid_px), outline=(0, 0, 0))
     return _to_tensor(img)
+
+
+def line_plot_tile(xs: list[int], ys: list[float], size: tuple[int, int], title: str, x_label: str = "step",
+                   marks: set[int] | None = None, ends: list[float] | None = None) -> torch.Tensor:
+    """A small line chart (points joined, y range labelled) fitted into ``size`` (H, W); ``marks`` x values get a
+    ring (e.g. refinement steps); ``ends`` (one per x) are drawn as blue drops from each point where they differ
+    (e.g. the loss after refinement)."""
+    h, w = size
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font = _font(max(9, min(h, w) // 22))
+    draw.text((4, 2), title, fill=(0, 0, 0), font=font)
+    values = list(ys) + list(ends or [])
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    labels = [f"{hi:.4g}", f"{lo:.4g}"]
+    left = max(draw.textbbox((0, 0), s, font=font)[2] for s in labels) + 8
+    top, bottom, right = font.size + 12, h - font.size - 12, w - 8
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    draw.text((4, top - 2), labels[0], fill=(0, 0, 0), font=font)
+    draw.text((4, bottom - font.size), labels[1], fill=(0, 0, 0), font=font)
+    x_lo, x_hi = (min(xs), max(xs)) if xs else (0, 1)
+    span = max(1, x_hi - x_lo)
+    pts = [(left + (x - x_lo) / span * (right - left), bottom - (y - lo) / (hi - lo) * (bottom - top))
+           for x, y in zip(xs, ys)]
+    if len(pts) > 1:
+        draw.line(pts, fill=(200, 40, 40), width=2)
+    for (px, py), y, end in zip(pts, ys, ends or []):
+        if end != y:
+            ey = bottom - (end - lo) / (hi - lo) * (bottom - top)
+            draw.line([(px, py), (px, ey)], fill=(30, 30, 200), width=2)
+            draw.ellipse((px - 3, ey - 3, px + 3, ey + 3), fill=(30, 30, 200))
+    for (px, py), x in zip(pts, xs):
+        r = 3
+        draw.ellipse((px - r, py - r, px + r, py + r), fill=(200, 40, 40))
+        if marks and x in marks:
+            draw.ellipse((px - 2 * r, py - 2 * r, px + 2 * r, py + 2 * r), outline=(30, 30, 200), width=2)
+    draw.text((left, bottom + 4), f"{x_label} {x_lo}…{x_hi}", fill=(0, 0, 0), font=font)
+    return _to_tensor(img)

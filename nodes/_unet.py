@@ -62,6 +62,15 @@ def cross_attention_layers(model_patcher, input_name: str = "model") -> list[Cro
     return layers
 
 
+def layers_at(layers: list[CrossAttentionLayer], level: int, input_name: str = "level") -> list[CrossAttentionLayer]:
+    """The layers at one image divisor; raises naming the model's levels if it has none there."""
+    chosen = [layer for layer in layers if layer.level == level]
+    if not chosen:
+        available = ", ".join(str(v) for v in sorted({layer.level for layer in layers}))
+        raise ValueError(f"{input_name}: this model has no cross-attention at image ÷{level}; its levels are {available}")
+    return chosen
+
+
 def select_levels(layers: list[CrossAttentionLayer], spec: str, input_name: str = "levels") -> list[CrossAttentionLayer]:
     """Layers at the image divisors named in ``spec`` (``"all"`` or e.g. ``"16, 32"``)."""
     available = sorted({layer.level for layer in layers})
@@ -85,8 +94,9 @@ def host_attention(q, k, v, heads, **kwargs):
     return comfy_attention.optimized_attention(q, k, v, heads, **kwargs)
 
 
-def attach_observer(model_clone, layers: list[CrossAttentionLayer], observer: Observer) -> None:
-    """Put ``observer`` on the attn2 replace of each layer of ``model_clone`` (a clone the caller owns).
+def attach_observer(model_clone, layers: list[CrossAttentionLayer], observer: Observer | None) -> None:
+    """Put ``observer`` on the attn2 replace of each layer of ``model_clone`` (a clone the caller owns); with
+    ``None``, only make sure the layers carry this pack's replace (per-pass observers then see them).
 
     A layer that already carries this pack's replace gets a new replace with the observer added; a layer held by
     another pack's replace (under the 3-part or the older 2-part key) is wrapped: that function still computes the
@@ -97,8 +107,11 @@ def attach_observer(model_clone, layers: list[CrossAttentionLayer], observer: Ob
     for layer in layers:
         key = layer.key
         existing = current.get(key, current.get(key[:2]))
+        observers = () if observer is None else (observer,)
         if getattr(existing, "is_attention_align_replace", False):
+            if observer is None:
+                continue
             replace = existing.with_observer(observer)
         else:
-            replace = CrossAttentionReplace(host_attention, (observer,), inner=existing)
+            replace = CrossAttentionReplace(host_attention, observers, inner=existing)
         model_clone.set_model_attn2_replace(replace, key[0], key[1], key[2])

@@ -63,7 +63,7 @@ class TextSelfAttention(io.ComfyNode):
         if any(r is None for r in recorded):
             raise RuntimeError(f"text encoder {name}: {sum(r is None for r in recorded)} layers never ran")
         result = TextAttention(encoder=name, prompt=text, probs=torch.stack(recorded), pieces=pieces,
-                               token_ids=ids, gamma=gamma)
+                               token_ids=ids, gamma=gamma, context=conditioning[0][0].detach().float().cpu())
         image = matrix_tile(result.target(), [p.replace("</w>", "") for p in result.prompt_pieces], (512, 512),
                             f"T = text self-attention^{gamma:g} ({name})")
         return io.NodeOutput(result, image[None], conditioning)

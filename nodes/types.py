@@ -7,3 +7,7 @@ TextAttentionType = io.Custom("TEXT_ATTENTION")
 AttentionMapsType = io.Custom("ATTENTION_MAPS")
 
 CATEGORY = "attention_align"
+#: guidance.method.GradientGuidance (an objective with its schedule)
+GuidanceType = io.Custom("GUIDANCE")
+#: guidance.engine.GuidanceLog (filled while a sampler runs the guided model)
+GuidanceLogType = io.Custom("GUIDANCE_LOG")

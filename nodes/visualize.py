@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..guidance.engine import GuidanceLog
 from ..guidance.maps import AttentionRecorder
 from ..guidance.similarity import tsam_similarity
 from ..guidance.text_attention import TextAttention
 from ..guidance.tokens import resolve_words
 from ..guidance.viz import combine_sizes, grid, heat_tiles, word_maps
-from ._render import label_tile, matrix_tile
+from ._render import label_tile, line_plot_tile, matrix_tile
 from ._unet import VAE_FACTOR
-from .types import CATEGORY, AttentionMapsType, TextAttentionType
+from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
 DEFAULT_TILE = 512
 
@@ -50,6 +51,8 @@ class VisualizeAttention(io.ComfyNode):
                 TextAttentionType.Input("text_attention", optional=True,
                                         tooltip="From Text Self-Attention: the prompt's tokens (labels) and T."),
                 io.Image.Input("image", optional=True, tooltip="Decoded image to draw the maps over."),
+                GuidanceLogType.Input("guidance_log", optional=True,
+                                      tooltip="From a Guided KSampler or Apply Guidance: adds a loss-per-step plot."),
                 io.String.Input("words", default="",
                                 tooltip="Words to show, comma-separated (e.g. 'car, bench', a second occurrence "
                                         "as 'dog#2'); empty = every word of the prompt."),
@@ -59,19 +62,21 @@ class VisualizeAttention(io.ComfyNode):
                 io.Int.Input("columns", default=4, min=1, max=16, tooltip="Tiles per row of the grid."),
             ],
             outputs=[
-                io.Image.Output("grid", display_name="image", tooltip="One grid per batch item: word heat maps, then T and S."),
+                io.Image.Output("grid", display_name="image",
+                                tooltip="One grid per batch item: word heat maps, then T and S, then the loss plot."),
                 io.String.Output("labels", display_name="labels", tooltip="The tiles' titles, one per line, in grid order."),
             ],
         )
 
     @classmethod
     def execute(cls, words: str, level: str, columns: int, attention_maps=None, text_attention=None,
-                image=None) -> io.NodeOutput:
-        if attention_maps is None and text_attention is None:
-            raise ValueError("attention_maps / text_attention: connect at least one of them")
+                image=None, guidance_log=None) -> io.NodeOutput:
+        if attention_maps is None and text_attention is None and guidance_log is None:
+            raise ValueError("attention_maps / text_attention / guidance_log: connect at least one of them")
         ta: TextAttention | None = text_attention
         tiles: list[list[torch.Tensor]] = []      # per batch item
         labels: list[str] = []
+        size = (DEFAULT_TILE, DEFAULT_TILE)
         if attention_maps is not None:
             rec: AttentionRecorder = attention_maps
             if rec.empty:
@@ -99,9 +104,30 @@ class VisualizeAttention(io.ComfyNode):
                 item.append(matrix_tile(sim[min(i, b - 1)], _pieces(ta), size, "S: cross-attention similarity"))
                 tiles.append(item)
             labels = [w.label for w in chosen] + ["T", "S"]
-        else:
-            size = (DEFAULT_TILE, DEFAULT_TILE)
+        elif ta is not None:
             tiles.append([matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention")])
             labels = ["T"]
+        if guidance_log is not None:
+            plots = _loss_plots(guidance_log, size)
+            if not tiles:
+                tiles = [[] for _ in plots]
+            if len(plots) not in (1, len(tiles)) and len(tiles) != 1:
+                raise ValueError(f"guidance_log: {len(plots)} samples do not match the {len(tiles)} images")
+            n_items = max(len(plots), len(tiles))
+            tiles = [tiles[min(i, len(tiles) - 1)] + [plots[min(i, len(plots) - 1)]] for i in range(n_items)]
+            labels.append("loss")
         canvases = torch.stack([grid(torch.stack(item), columns) for item in tiles])
         return io.NodeOutput(canvases, "\n".join(labels))
+
+
+def _loss_plots(log: GuidanceLog, size: tuple[int, int]) -> list[torch.Tensor]:
+    """One loss-per-step plot per sample of the most recent guided run."""
+    steps, curves = log.loss_curve()                                        # [n_steps, B]
+    if not steps:
+        raise ValueError("guidance_log: no guided step was recorded yet; connect it from a Guided KSampler or "
+                         "Apply Guidance whose sampler runs before this node")
+    refined = {s.step for s in log.steps if s.iterations is not None}
+    finals = torch.stack([s.loss_final.detach().float().cpu() for s in log.steps])   # [n_steps, B]
+    title = f"{log.method} loss per step ({log.sampler})"
+    return [line_plot_tile(steps, curves[:, b].tolist(), size, title, marks=refined, ends=finals[:, b].tolist())
+            for b in range(curves.shape[1])]

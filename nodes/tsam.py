@@ -1,0 +1,58 @@
+"""Node: T-SAM guidance (text self-attention maps → cross-attention similarity)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..guidance.text_attention import TextAttention
+from ..guidance.tsam import REFINE_MODES, VARIANTS, tsam_guidance
+from ._unet import VAE_FACTOR
+from .types import CATEGORY, GuidanceType, TextAttentionType
+
+
+class TSAMGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AttentionAlignTSAM",
+            display_name="T-SAM Guidance (Attention Align)",
+            category=CATEGORY,
+            description="T-SAM (Kim et al., CVPR 2025): during the first steps, gradient steps on the latent make the "
+                        "similarity of the prompt tokens' cross-attention maps follow the text encoder's own "
+                        "self-attention T. No word list and no parser: every prompt token takes part. Connect to a "
+                        "Guided KSampler or Apply Guidance.",
+            inputs=[
+                TextAttentionType.Input("text_attention", tooltip="From Text Self-Attention; its CONDITIONING must "
+                                                                  "be the positive prompt."),
+                io.Combo.Input("loss", options=list(VARIANTS), default="paper",
+                               tooltip="paper: the paper's L1 formula between T and S. cosine: the released code's "
+                                       "default (row-wise cosine between T and the similarity matrix)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=100.0, step=0.05,
+                               tooltip="Multiplies every step size. 0 measures the loss per step without changing "
+                                       "the image."),
+                io.Float.Input("scale_factor", default=5.0, min=0.0, max=1000.0, step=0.5,
+                               tooltip="Step size α_i = scale·√(1 − 0.5·i/N) (released config: 5; paper draft: 20)."),
+                io.Int.Input("guided_steps", default=30, min=0, max=50,
+                             tooltip="Update the latent during the first this-many of 50 steps; scaled to your "
+                                     "step count (30 of 50 = the first 60 %)."),
+                io.Combo.Input("refine", options=list(REFINE_MODES), default="official",
+                               tooltip="Iterative refinement at steps 0/10/20 of 50. official: 30 iterations, giving "
+                                       "up at 20 if the loss is still above the threshold (released code). "
+                                       "until_threshold: stop once below it. off: none."),
+                io.Float.Input("threshold_per_token", default=0.14, min=0.0, max=10.0, step=0.01,
+                               tooltip="Refinement threshold = this × (prompt tokens − 1) (official: 0.14)."),
+                io.Int.Input("level", default=32, min=8, max=64, step=8,
+                             tooltip="Maps to compare, as an image divisor: 32 = 16×16 at 512 px for SD1.x (the "
+                                     "paper's), 32×32 at 1024 px for SDXL."),
+            ],
+            outputs=[GuidanceType.Output("guidance", display_name="guidance")],
+        )
+
+    @classmethod
+    def execute(cls, text_attention: TextAttention, loss: str, strength: float, scale_factor: float,
+                guided_steps: int, refine: str, threshold_per_token: float, level: int) -> io.NodeOutput:
+        if level % VAE_FACTOR:
+            raise ValueError(f"level: {level} is not a multiple of {VAE_FACTOR} (the latent's pixel size)")
+        ta = text_attention
+        guidance = tsam_guidance(ta.target(), ta.eos_index, ta.prompt, loss, strength, scale_factor, guided_steps,
+                                 refine, threshold_per_token, level // VAE_FACTOR, context=ta.context)
+        return io.NodeOutput(guidance)
