@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="use the tiny random-weight model instead of real checkpoints")
     ap.add_argument("--size", type=int, default=128, help="image size in px with --tiny (default 128)")
     ap.add_argument("--steps", type=int, default=None, help="override every sampler's step count")
+    ap.add_argument("--api-out", default=None, help="also write each workflow's API-format prompt (what POST /prompt "
+                                                    "takes) into this folder")
     a = ap.parse_args()
 
     comfy = find_comfyui()
@@ -54,6 +56,9 @@ def main() -> None:
         prompt = ui_to_api(json.loads(Path(wf).read_text()), host)
         if a.tiny:
             apply_tiny(prompt, a.size, a.steps)
+        if a.api_out:
+            Path(a.api_out).mkdir(parents=True, exist_ok=True)
+            (Path(a.api_out) / f"{Path(wf).stem}_api.json").write_text(json.dumps(prompt, indent=1) + "\n")
         t0 = time.time()
         host.run(prompt)
         saved = []

@@ -109,6 +109,32 @@ def build(out_path: str, layout: str = "tiny", fp16: bool = True, seed: int = 0)
     return {"unet": count("model."), "clip": count("cond_stage_model."), "vae": count("first_stage_model.")}
 
 
+def build_controlnet(out_path: str, layout: str = "tiny", seed: int = 1) -> int:
+    """Write a random-weight ControlNet (pth layout, ``control_model.`` keys) matching the tiny UNet; returns its
+    parameter count. Its zero convolutions are random too, so it changes the UNet's output."""
+    import torch
+    import safetensors.torch
+    import comfy.ops
+    from comfy.cldm.cldm import ControlNet
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        cfg = dict(image_size=32, in_channels=4, model_channels=320, hint_channels=3, context_dim=768,
+                   use_spatial_transformer=True, legacy=False, use_checkpoint=False, use_linear_in_transformer=False,
+                   adm_in_channels=None, num_heads=8, num_head_channels=-1, **LAYOUTS[layout])
+        cfg.pop("transformer_depth_output")
+        with torch.inference_mode(False):
+            net = ControlNet(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+            _init_(net)
+            sd = {"control_model." + k: v.half().contiguous() for k, v in net.state_dict().items()}
+    finally:
+        torch.random.set_rng_state(gen_state)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    safetensors.torch.save_file(sd, out_path)
+    return sum(v.numel() for v in sd.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")

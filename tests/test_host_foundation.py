@@ -13,7 +13,10 @@ import torch.nn.functional as F
 
 from conftest import PROMPT, ROOT
 
-NODE_IDS = ["AttentionAlignTextSelfAttention", "AttentionAlignCaptureCrossAttention", "AttentionAlignVisualize"]
+
+
+def pack_node_ids(host) -> list[str]:
+    return sorted(cls.GET_SCHEMA().node_id for cls in host.pack_module("nodes").NODES)
 
 
 def graph(ckpt, prompt=PROMPT, capture=True, size=128, steps=4, sampler="euler_ancestral", batch=1, words="",
@@ -41,7 +44,12 @@ def graph(ckpt, prompt=PROMPT, capture=True, size=128, steps=4, sampler="euler_a
 
 
 def test_nodes_register_with_descriptions_and_tooltips(host):
-    for node_id in NODE_IDS:
+    ids = pack_node_ids(host)
+    assert {"AttentionAlignTextSelfAttention", "AttentionAlignCaptureCrossAttention", "AttentionAlignVisualize",
+            "AttentionAlignTSAM", "AttentionAlignGuidedKSampler", "AttentionAlignApplyGuidance"} <= set(ids)
+    registered = sorted(k for k in host.nodes.NODE_CLASS_MAPPINGS if k.startswith("AttentionAlign"))
+    assert registered == ids                    # one bad schema would silently drop the rest of the list
+    for node_id in ids:
         cls = host.node_class(node_id)
         schema = cls.GET_SCHEMA()
         assert schema.description, node_id
@@ -49,7 +57,7 @@ def test_nodes_register_with_descriptions_and_tooltips(host):
             assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
 
 
-def test_pack_loads_from_any_folder_name(tmp_path, comfy_path):
+def test_pack_loads_from_any_folder_name(tmp_path, comfy_path, host):
     """A user's clone may be called anything (dots and dashes included); relative imports must still work."""
     base = tmp_path / "base"
     (base / "custom_nodes").mkdir(parents=True)
@@ -66,7 +74,7 @@ def test_pack_loads_from_any_folder_name(tmp_path, comfy_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip().splitlines()[-1] == str(sorted(NODE_IDS))
+    assert res.stdout.strip().splitlines()[-1] == str(pack_node_ids(host))
 
 
 def clip_reference_attention(state_dict: dict, ids: list[int]) -> torch.Tensor:
