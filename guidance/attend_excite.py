@@ -1,0 +1,73 @@
+"""Attend-and-Excite: excite the most neglected subject token (Chefer et al., SIGGRAPH 2023, Eq. 1–3).
+
+From the official ``yuval-alaluf/Attend-and-Excite`` (``_compute_max_attention_per_index``, ``_compute_loss``) and
+the diffusers pipeline: the positive prompt's maps A (mean over heads and layers at 16×16 for SD1.x at 512 px) are
+renormalised over tokens with a sharp softmax ``Â = softmax(100·A[..., 1:last])``, each subject's map is smoothed
+with the official 3×3 Gaussian, and ``L = max_s max(0, 1 − max_pixels(G∗Â_s))``.
+
+``last`` is −1 in the official SD1 code and in diffusers: the softmax also covers eos and the padding tokens
+(``normalize_eot = False``, the default here). With ``normalize_eot = True`` (the official repo's SD 2.1 mode) it
+covers only the prompt's own tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from .smoothing import smooth_maps
+
+
+def subject_maxima(maps: torch.Tensor, subjects: list[tuple[int, ...]], eos_index: int,
+                   normalize_eot: bool = False) -> torch.Tensor:
+    """max over pixels of the smoothed, token-softmaxed map of each subject: maps ``[B, T, h, w]`` → ``[B, S]``.
+
+    ``subjects`` are the subjects' token positions (bos = 0); a subject made of several wordpieces counts as
+    present through its strongest piece (max over its pieces).
+    """
+    last = eos_index if normalize_eot else maps.shape[1] - 1
+    a = torch.softmax(100.0 * maps[:, 1:last], dim=1)                    # [B, T', h, w]; token t is column t − 1
+    out = []
+    for positions in subjects:
+        if min(positions) < 1 or max(positions) >= last:
+            raise ValueError(f"subject token positions {positions} are outside the prompt (1..{last - 1})")
+        piece_max = smooth_maps(a[:, [p - 1 for p in positions]]).flatten(-2).max(dim=-1).values  # [B, pieces]
+        out.append(piece_max.max(dim=-1).values)
+    return torch.stack(out, dim=1)
+
+
+def attend_excite_loss(maps: torch.Tensor, subjects: list[tuple[int, ...]], eos_index: int,
+                       normalize_eot: bool = False) -> torch.Tensor:
+    """``L = max_s max(0, 1 − max(G∗Â_s))`` per sample ``[B]`` (the worst-attended subject decides)."""
+    return (1.0 - subject_maxima(maps, subjects, eos_index, normalize_eot)).clamp_min(0).max(dim=1).values
+
+
+class AttendExciteObjective:
+    """Attend-and-Excite's loss on the maps at one level (``name``/``downsample``/``loss`` protocol)."""
+
+    name = "Attend-and-Excite"
+
+    def __init__(self, subjects: list[tuple[int, ...]], eos_index: int, normalize_eot: bool = False,
+                 downsample: int = 4, context: torch.Tensor | None = None):
+        if not subjects:
+            raise ValueError("subjects: Attend-and-Excite needs at least one subject word")
+        self.subjects, self.eos_index, self.normalize_eot = [tuple(s) for s in subjects], eos_index, normalize_eot
+        self.downsample, self.context = downsample, context
+
+    def loss(self, maps: torch.Tensor) -> torch.Tensor:
+        return attend_excite_loss(maps, self.subjects, self.eos_index, self.normalize_eot)
+
+
+def attend_excite_guidance(subjects: list[tuple[int, ...]], eos_index: int, normalize_eot: bool = False,
+                           strength: float = 1.0, scale: float = 20.0, guided_paper_steps: float = 25,
+                           thresholds: dict[float, float] | None = None, max_iters: int = 20, downsample: int = 4,
+                           context: torch.Tensor | None = None):
+    """A&E with the official configuration (config.py): α = 20·√linspace(1, 0.5), updates at i < 25 of 50,
+    refinement at steps {0: 0.05, 10: 0.5, 20: 0.8} (loss target 1 − thr) with at most 20 iterations, entered only
+    when the loss is above the target."""
+    from .method import GradientGuidance
+
+    thresholds = {0: 0.05, 10: 0.5, 20: 0.8} if thresholds is None else thresholds
+    return GradientGuidance(
+        objective=AttendExciteObjective(subjects, eos_index, normalize_eot, downsample, context),
+        guided_paper_steps=guided_paper_steps, scale=scale, decay=True, strength=strength,
+        refine_paper_thresholds=tuple((k, max(0.0, 1.0 - t)) for k, t in sorted(thresholds.items())),
+        max_iters=max_iters, stop_below=True, enter_above=True)
