@@ -53,12 +53,13 @@ class TextAttention:
     token_ids: list[int | None]       # None where the token is an embedding vector
     gamma: float = 3.0
     context: torch.Tensor | None = None  # the encoded prompt [1, T, C] this attention came from (CPU, float32)
+    embeddings: list[tuple[str, int]] = field(default_factory=list)  # (name, vectors) of embeddings, in order
     eos_index: int = field(init=False)
     words: list[Word] = field(init=False)
 
     def __post_init__(self) -> None:
         self.eos_index = find_eos(self.pieces)
-        self.words = group_words(self.pieces, self.eos_index)
+        self.words = group_words(self.pieces, self.eos_index, self.embeddings)
 
     @property
     def num_prompt_tokens(self) -> int:

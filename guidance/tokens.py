@@ -44,36 +44,50 @@ def find_eos(pieces: list[str]) -> int:
     raise ValueError(f"token sequence has no {EOS_PIECE} after position 0: {pieces[:8]}…")
 
 
-def group_words(pieces: list[str], eos_index: int) -> list[Word]:
+def group_words(pieces: list[str], eos_index: int, embeddings: list[tuple[str, int]] | None = None) -> list[Word]:
     """Group the pieces between bos and eos into words.
 
-    A word ends at a piece ending in ``</w>``; an embedding vector (``<embedding>``) is a word of its own.
+    A word ends at a piece ending in ``</w>``. Embedding vectors (``<embedding>`` pieces) form words of their own:
+    with ``embeddings`` — ``(name, vector count)`` in prompt order — each run of vectors becomes one word
+    ``embedding:name``; without it (or if the counts do not line up) each vector is a word ``<embedding>``.
     Occurrences are counted per text, so the second "dog" is ``dog#2``.
     """
     words: list[Word] = []
     seen: dict[str, int] = {}
     current: list[int] = []
+    runs = _embedding_runs(pieces, eos_index, embeddings)
 
-    def close() -> None:
+    def close(text: str | None = None) -> None:
         if not current:
             return
-        text = "".join(piece_text(pieces[i]) for i in current).lower()
+        text = text or "".join(piece_text(pieces[i]) for i in current).lower()
         seen[text] = seen.get(text, 0) + 1
         words.append(Word(text, tuple(current), seen[text]))
         current.clear()
 
-    for i in range(1, eos_index):
-        piece = pieces[i]
-        if piece == EMBEDDING_PIECE:
+    i = 1
+    while i < eos_index:
+        if pieces[i] == EMBEDDING_PIECE:
             close()
-            current.append(i)
-            close()
+            name, count = runs.pop(0) if runs else (EMBEDDING_PIECE, 1)
+            current.extend(range(i, i + count))
+            close(name)
+            i += count
             continue
         current.append(i)
-        if piece.endswith(WORD_END):
+        if pieces[i].endswith(WORD_END):
             close()
+        i += 1
     close()
     return words
+
+
+def _embedding_runs(pieces: list[str], eos_index: int, embeddings: list[tuple[str, int]] | None):
+    """``[(label, count)]`` for the embedding vectors, or [] when the named counts do not match the pieces."""
+    total = sum(1 for p in pieces[1:eos_index] if p == EMBEDDING_PIECE)
+    if not embeddings or sum(n for _, n in embeddings) != total:
+        return []
+    return [(f"embedding:{name}".lower(), n) for name, n in embeddings]
 
 
 _SPEC = re.compile(r"^(?P<text>.+?)(?:#(?P<occ>\d+))?$")

@@ -44,3 +44,13 @@ def test_unknown_words_name_the_input_and_list_the_prompt(spec, message):
 def test_missing_eos_is_an_error():
     with pytest.raises(ValueError, match="no <\\|endoftext\\|>"):
         find_eos([BOS, "a</w>"])
+
+
+def test_named_embeddings_become_one_word_each():
+    pieces = [BOS, "a</w>", EMBEDDING_PIECE, EMBEDDING_PIECE, "cat</w>", EMBEDDING_PIECE, EOS]
+    words = group_words(pieces, 6, embeddings=[("MyStyle", 2), ("shiny", 1)])
+    assert [(w.label, w.positions) for w in words] == [
+        ("a", (1,)), ("embedding:mystyle", (2, 3)), ("cat", (4,)), ("embedding:shiny", (5,))]
+    # counts that do not match the pieces fall back to one anonymous word per vector
+    assert [w.label for w in group_words(pieces, 6, embeddings=[("x", 1)])] == [
+        "a", "<embedding>", "<embedding>#2", "cat", "<embedding>#3"]
