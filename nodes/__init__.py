@@ -2,14 +2,17 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_guidance import ApplyGuidance
+from .attend_excite import AttendExciteGuidance
 from .capture import CaptureCrossAttention
 from .guided_sampler import GuidedKSampler
+from .show_tokens import ShowTokens
+from .syngen import SynGenGuidance
 from .text_attention import TextSelfAttention
 from .tsam import TSAMGuidance
 from .visualize import VisualizeAttention
 
 NODES: list[type[io.ComfyNode]] = [TextSelfAttention, CaptureCrossAttention, VisualizeAttention, TSAMGuidance,
-                                   GuidedKSampler, ApplyGuidance]
+                                   AttendExciteGuidance, SynGenGuidance, ShowTokens, GuidedKSampler, ApplyGuidance]
 
 
 class AttentionAlignExtension(ComfyExtension):

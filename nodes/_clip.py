@@ -91,3 +91,29 @@ def record_text_attention(clip, encoder: str):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def embedding_counts(clip, encoder: str, text: str) -> list[tuple[str, int]]:
+    """``(name, vector count)`` of the textual-inversion embeddings the tokenizer will insert, in prompt order.
+
+    Follows ``SDTokenizer.tokenize_with_weights``: weighted segments are split at " embedding:" (or a leading
+    "embedding:"), and a name the tokenizer cannot load is dropped there too.
+    """
+    import re
+
+    from comfy import sd1_clip
+
+    tok = getattr(clip.tokenizer, encoder, None)
+    ident = getattr(tok, "embedding_identifier", None)
+    if tok is None or not ident or ident not in text or getattr(tok, "embedding_directory", None) is None:
+        return []
+    out = []
+    for segment, _ in sd1_clip.token_weights(sd1_clip.escape_important(text), 1.0):
+        parts = re.split(" {0}|\n{0}".format(ident), sd1_clip.unescape_important(segment))
+        for word in [parts[0]] + [ident + p for p in parts[1:]]:
+            if not word.startswith(ident):
+                continue
+            embed, _ = tok._try_get_embedding(word[len(ident):].strip("\n"))
+            if embed is not None:
+                out.append((word[len(ident):].split()[0].strip(","), 1 if embed.ndim == 1 else int(embed.shape[0])))
+    return out

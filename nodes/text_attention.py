@@ -5,7 +5,7 @@ import torch
 from comfy_api.latest import io
 
 from ..guidance.text_attention import TextAttention
-from ._clip import decode_chunk, encoder_for, prompt_token_count, record_text_attention
+from ._clip import decode_chunk, embedding_counts, encoder_for, prompt_token_count, record_text_attention
 from ._render import matrix_tile
 from .types import CATEGORY, TextAttentionType
 
@@ -63,7 +63,8 @@ class TextSelfAttention(io.ComfyNode):
         if any(r is None for r in recorded):
             raise RuntimeError(f"text encoder {name}: {sum(r is None for r in recorded)} layers never ran")
         result = TextAttention(encoder=name, prompt=text, probs=torch.stack(recorded), pieces=pieces,
-                               token_ids=ids, gamma=gamma, context=conditioning[0][0].detach().float().cpu())
+                               token_ids=ids, gamma=gamma, context=conditioning[0][0].detach().float().cpu(),
+                               embeddings=embedding_counts(clip, name, text))
         image = matrix_tile(result.target(), [p.replace("</w>", "") for p in result.prompt_pieces], (512, 512),
                             f"T = text self-attention^{gamma:g} ({name})")
         return io.NodeOutput(result, image[None], conditioning)

@@ -5,8 +5,9 @@ from comfy_api.latest import io
 
 from ..guidance.text_attention import TextAttention
 from ..guidance.tsam import REFINE_MODES, VARIANTS, tsam_guidance
+from . import _inputs
 from ._unet import VAE_FACTOR
-from .types import CATEGORY, GuidanceType, TextAttentionType
+from .types import CATEGORY, GuidanceType
 
 
 class TSAMGuidance(io.ComfyNode):
@@ -21,28 +22,21 @@ class TSAMGuidance(io.ComfyNode):
                         "self-attention T. No word list and no parser: every prompt token takes part. Connect to a "
                         "Guided KSampler or Apply Guidance.",
             inputs=[
-                TextAttentionType.Input("text_attention", tooltip="From Text Self-Attention; its CONDITIONING must "
-                                                                  "be the positive prompt."),
+                _inputs.text_attention(),
                 io.Combo.Input("loss", options=list(VARIANTS), default="paper",
                                tooltip="paper: the paper's L1 formula between T and S. cosine: the released code's "
                                        "default (row-wise cosine between T and the similarity matrix)."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=100.0, step=0.05,
-                               tooltip="Multiplies every step size. 0 measures the loss per step without changing "
-                                       "the image."),
-                io.Float.Input("scale_factor", default=5.0, min=0.0, max=1000.0, step=0.5,
-                               tooltip="Step size α_i = scale·√(1 − 0.5·i/N) (released config: 5; paper draft: 20)."),
-                io.Int.Input("guided_steps", default=30, min=0, max=50,
-                             tooltip="Update the latent during the first this-many of 50 steps; scaled to your "
-                                     "step count (30 of 50 = the first 60 %)."),
+                _inputs.strength(),
+                _inputs.scale_factor(5.0, "Step size α_i = scale·√(1 − 0.5·i/N) (released config: 5; paper draft: "
+                                          "20)."),
+                _inputs.guided_steps(30),
                 io.Combo.Input("refine", options=list(REFINE_MODES), default="official",
                                tooltip="Iterative refinement at steps 0/10/20 of 50. official: 30 iterations, giving "
                                        "up at 20 if the loss is still above the threshold (released code). "
                                        "until_threshold: stop once below it. off: none."),
                 io.Float.Input("threshold_per_token", default=0.14, min=0.0, max=10.0, step=0.01,
                                tooltip="Refinement threshold = this × (prompt tokens − 1) (official: 0.14)."),
-                io.Int.Input("level", default=32, min=8, max=64, step=8,
-                             tooltip="Maps to compare, as an image divisor: 32 = 16×16 at 512 px for SD1.x (the "
-                                     "paper's), 32×32 at 1024 px for SDXL."),
+                _inputs.level(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance")],
         )

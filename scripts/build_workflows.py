@@ -67,7 +67,50 @@ def tsam() -> tuple[dict, dict]:
     return prompt, positions
 
 
-WORKFLOWS = {"capture_and_visualise_sd15.json": capture_and_visualise, "tsam_sd15.json": tsam}
+def _guided(prompt_text: str, seed: int, method: dict, prefix: str) -> tuple[dict, dict]:
+    """Checkpoint → Text Self-Attention → method node → Guided KSampler → decode/save, + Show Tokens, + maps."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
+        "2": {"class_type": "AttentionAlignTextSelfAttention",
+              "inputs": {"clip": ["1", 1], "text": prompt_text, "encoder": "auto", "gamma": 3.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": method,
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "6": {"class_type": "AttentionAlignGuidedKSampler", "inputs": {
+            "model": ["1", 0], "seed": seed, "steps": 50, "cfg": 7.5, "sampler_name": "ddim",
+            "scheduler": "ddim_uniform", "positive": ["2", 2], "negative": ["3", 0], "latent_image": ["5", 0],
+            "denoise": 1.0, "guidance": ["4", 0]}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": f"attention_align/{prefix}"}},
+        "9": {"class_type": "AttentionAlignVisualize", "inputs": {
+            "attention_maps": ["6", 1], "text_attention": ["2", 0], "image": ["7", 0], "guidance_log": ["6", 2],
+            "words": "", "level": "32", "columns": 4}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0],
+                                                     "filename_prefix": f"attention_align/{prefix}_maps"}},
+        "11": {"class_type": "AttentionAlignShowTokens", "inputs": {
+            "text_attention": ["2", 0], "subjects": method["inputs"].get("subjects", ""),
+            "groups": method["inputs"].get("groups", ""), "parser": "builtin"}},
+    }
+    positions = {"1": (40, 320), "2": (420, 60), "3": (420, 330), "4": (860, 20), "5": (420, 560), "6": (860, 360),
+                 "7": (1240, 360), "8": (1240, 560), "9": (1600, 360), "10": (2000, 360), "11": (1240, 40)}
+    return prompt, positions
+
+
+def attend_and_excite() -> tuple[dict, dict]:
+    return _guided("a cat and a frog", 42, {"class_type": "AttentionAlignAttendExcite", "inputs": {
+        "text_attention": ["2", 0], "subjects": "cat, frog", "parser": "builtin", "softmax": "official",
+        "strength": 1.0, "scale_factor": 20.0, "guided_steps": 25, "max_refinement_steps": 20, "level": 32}},
+        "attend_and_excite")
+
+
+def syngen() -> tuple[dict, dict]:
+    return _guided("a checkered bowl on a red and blue table", 1924, {"class_type": "AttentionAlignSynGen", "inputs": {
+        "text_attention": ["2", 0], "groups": "", "parser": "builtin", "strength": 1.0, "scale_factor": 20.0,
+        "guided_steps": 25, "level": 32}}, "syngen")
+
+
+WORKFLOWS = {"capture_and_visualise_sd15.json": capture_and_visualise, "tsam_sd15.json": tsam,
+             "attend_and_excite_sd15.json": attend_and_excite, "syngen_sd15.json": syngen}
 
 
 def main() -> None:

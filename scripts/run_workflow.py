@@ -71,6 +71,9 @@ def main() -> None:
                 shutil.copyfile(src, dst)
                 saved.append(dst)
         print(f"{wf}: ran in {time.time() - t0:.1f} s; wrote " + ", ".join(str(p) for p in saved))
+        for node_id, ui in host.ui_outputs.items():
+            for text in ui.get("text", []):
+                print(f"  node {node_id} ({prompt[node_id]['class_type']}) shows:\n    " + text.replace("\n", "\n    "))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Input definitions shared by the guidance method nodes (same names, ranges and help everywhere)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ._select import PARSERS
+from .types import TextAttentionType
+
+
+def text_attention() -> io.Input:
+    return TextAttentionType.Input("text_attention", tooltip="From Text Self-Attention; its CONDITIONING must be the "
+                                                             "positive prompt.")
+
+
+def parser() -> io.Input:
+    return io.Combo.Input("parser", options=PARSERS, default="builtin",
+                          tooltip="Automatic mode: built-in rules + text attention, or spaCy's dependency parse if "
+                                  "spaCy and an English model are installed.")
+
+
+def strength() -> io.Input:
+    return io.Float.Input("strength", default=1.0, min=0.0, max=100.0, step=0.05,
+                          tooltip="Multiplies every step size; 0 measures the loss per step without changing the "
+                                  "image.")
+
+
+def scale_factor(default: float, help_text: str) -> io.Input:
+    return io.Float.Input("scale_factor", default=default, min=0.0, max=1000.0, step=0.5, tooltip=help_text)
+
+
+def guided_steps(default: int) -> io.Input:
+    return io.Int.Input("guided_steps", default=default, min=0, max=50,
+                        tooltip=f"Update the latent during the first this-many of 50 steps, scaled to your step count "
+                                f"(official: {default}).")
+
+
+def level() -> io.Input:
+    return io.Int.Input("level", default=32, min=8, max=64, step=8,
+                        tooltip="Maps to use, as an image divisor: 32 = 16×16 at 512 px for SD1.x (the papers'), "
+                                "32×32 at 1024 px for SDXL.")

@@ -1,0 +1,57 @@
+"""Node: Attend-and-Excite guidance with subjects chosen by words."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..guidance.attend_excite import attend_excite_guidance
+from . import _inputs
+from ._select import subjects_for
+from ._unet import VAE_FACTOR
+from .types import CATEGORY, GuidanceType
+
+SOFTMAX = ["official", "normalize_eot"]
+
+
+class AttendExciteGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AttentionAlignAttendExcite",
+            display_name="Attend-and-Excite Guidance (Attention Align)",
+            category=CATEGORY,
+            description="Attend-and-Excite (Chefer et al., 2023): gradient steps on the latent raise the cross-"
+                        "attention peak of the most neglected subject, so every subject appears. Connect to a Guided "
+                        "KSampler or Apply Guidance.",
+            inputs=[
+                _inputs.text_attention(),
+                io.String.Input("subjects", default="",
+                                tooltip="Subject words, comma-separated ('cat, dog'; a repeated word as 'dog#2'). "
+                                        "Empty: the prompt's nouns, found automatically (see Show Tokens)."),
+                _inputs.parser(),
+                io.Combo.Input("softmax", options=SOFTMAX, default="official",
+                               tooltip="official: softmax(100·A) over every token after bos, eos and padding "
+                                       "included (official SD1 code, diffusers). normalize_eot: over the prompt's "
+                                       "tokens only (the official repo's SD 2.1 mode)."),
+                _inputs.strength(),
+                _inputs.scale_factor(20.0, "Step size α_i = scale·√(1 − 0.5·i/N) (official: 20)."),
+                _inputs.guided_steps(25),
+                io.Int.Input("max_refinement_steps", default=20, min=0, max=100,
+                             tooltip="Iterative refinement at steps 0/10/20 of 50 until the subjects reach "
+                                     "0.05/0.5/0.8 attention (official: at most 20 iterations; 0 disables)."),
+                _inputs.level(),
+            ],
+            outputs=[GuidanceType.Output("guidance", display_name="guidance"),
+                     io.String.Output("tokens", display_name="tokens", tooltip="The subjects and their tokens.")],
+        )
+
+    @classmethod
+    def execute(cls, text_attention, subjects: str, parser: str, softmax: str, strength: float, scale_factor: float,
+                guided_steps: int, max_refinement_steps: int, level: int) -> io.NodeOutput:
+        if softmax not in SOFTMAX:
+            raise ValueError(f"softmax: '{softmax}' is not one of {', '.join(SOFTMAX)}")
+        ta = text_attention
+        words, text = subjects_for(ta, subjects, parser)
+        guidance = attend_excite_guidance([w.positions for w in words], ta.eos_index, softmax == "normalize_eot",
+                                          strength, scale_factor, guided_steps, max_iters=max_refinement_steps,
+                                          downsample=level // VAE_FACTOR, context=ta.context)
+        return io.NodeOutput(guidance, text)
