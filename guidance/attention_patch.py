@@ -55,6 +55,18 @@ class Observer(Protocol):
     def observe(self, probs: torch.Tensor, call: LayerCall) -> None: ...
 
 
+class Editor(Protocol):
+    """Changes the attention itself: the scores before the softmax and/or the probabilities after it."""
+
+    def wants(self, call: LayerCall) -> bool: ...
+
+    def edit_scores(self, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        """scores ``[b, heads, n, T]`` (float32, ``q kᵀ/√d``) → edited scores; must not modify its input."""
+
+    def edit_probs(self, probs: torch.Tensor, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        """probs after the softmax of the edited scores; ``scores`` are the unedited ones."""
+
+
 def layer_call(q: torch.Tensor, extra_options: dict[str, Any]) -> LayerCall:
     """Build a :class:`LayerCall` from ``extra_options``; raises if the metadata is missing or inconsistent."""
     n = q.shape[1]
@@ -92,14 +104,19 @@ def _size_from_tokens(n: int, lat_h: int, lat_w: int) -> tuple[int, int]:
     return h, w
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """``softmax(q kᵀ / √d)`` in at least float32: q ``[b, n, heads·d]``, k ``[b, T, heads·d]`` → ``[b, heads, n, T]``."""
+def attention_scores(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """``q kᵀ / √d`` in at least float32: q ``[b, n, heads·d]``, k ``[b, T, heads·d]`` → ``[b, heads, n, T]``."""
     b, n, inner = q.shape
     d = inner // heads
     dtype = torch.promote_types(q.dtype, torch.float32)          # fp16/bf16 → fp32; fp64 stays fp64
     qh = q.to(dtype).view(b, n, heads, d).transpose(1, 2)         # [b, heads, n, d]
     kh = k.to(dtype).view(b, -1, heads, d).transpose(1, 2)        # [b, heads, T, d]
-    return (qh @ kh.transpose(-1, -2) * d ** -0.5).softmax(dim=-1)
+    return qh @ kh.transpose(-1, -2) * d ** -0.5
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """``softmax(q kᵀ / √d)`` in at least float32 → ``[b, heads, n, T]``."""
+    return attention_scores(q, k, heads).softmax(dim=-1)
 
 
 def probs_times_v(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -116,21 +133,28 @@ class CrossAttentionReplace:
     is_attention_align_replace = True
 
     def __init__(self, attention_fn: Callable[..., torch.Tensor], observers: tuple[Observer, ...] = (),
-                 inner: Callable[..., torch.Tensor] | None = None):
+                 inner: Callable[..., torch.Tensor] | None = None, editors: tuple[Editor, ...] = ()):
         self.attention_fn = attention_fn
         self.observers = tuple(observers)
         self.inner = inner
+        self.editors = tuple(editors)
 
     def __deepcopy__(self, memo: dict) -> "CrossAttentionReplace":
         return self  # immutable; ModelPatcher.clone() must not split observer state
 
     def with_observer(self, observer: Observer) -> "CrossAttentionReplace":
-        return CrossAttentionReplace(self.attention_fn, self.observers + (observer,), self.inner)
+        return CrossAttentionReplace(self.attention_fn, self.observers + (observer,), self.inner, self.editors)
+
+    def with_editor(self, editor: Editor) -> "CrossAttentionReplace":
+        return CrossAttentionReplace(self.attention_fn, self.observers, self.inner, self.editors + (editor,))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]) -> torch.Tensor:
         call = layer_call(q, extra_options)
         pass_observers = (extra_options.get(PASS_KEY) or {}).get("observers", ())
         active = [o for o in (*self.observers, *pass_observers) if o.wants(call)]
+        editing = [e for e in self.editors if e.wants(call)]
+        if editing:
+            return self._edited(q, k, v, call, extra_options["n_heads"], editing, active)
         probs = attention_probs(q, k, extra_options["n_heads"]) if active else None
         for observer in active:
             observer.observe(probs, call)
@@ -140,6 +164,29 @@ class CrossAttentionReplace:
             return probs_times_v(probs, v)
         return self.attention_fn(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
                                  transformer_options=extra_options)
+
+    def _edited(self, q, k, v, call: LayerCall, heads: int, editors: list[Editor], observers: list[Observer]):
+        """The layer's attention with the editors applied: observers see, and the output uses, the edited probs."""
+        if self.inner is not None:
+            raise RuntimeError(f"attn2 layer {call.key} is replaced by another node pack's attention patch; "
+                               "Attention Align cannot edit its attention as well")
+        scores = attention_scores(q, k, heads)
+        edited = scores
+        for editor in editors:
+            edited = editor.edit_scores(edited, call)
+        probs = edited.softmax(dim=-1)
+        for editor in editors:
+            probs = editor.edit_probs(probs, scores, call)
+        for observer in observers:
+            observer.observe(probs, call)
+        return probs_times_v(probs, v)
+
+
+def positive_index(call: LayerCall, rows: int) -> torch.Tensor:
+    """Batch indices of the positive prompt's rows (all positive chunks) among ``rows`` rows."""
+    per = rows // len(call.cond_or_uncond)
+    return torch.tensor([j * per + r for j, c in enumerate(call.cond_or_uncond) if c == 0 for r in range(per)],
+                        dtype=torch.long)
 
 
 def positive_rows(probs: torch.Tensor, call: LayerCall) -> torch.Tensor:

@@ -9,6 +9,12 @@ import torch
 from .schedule import Plan, make_plan
 
 
+class Editor(Protocol):
+    name: str
+
+    def fresh(self) -> "Editor": ...
+
+
 class Objective(Protocol):
     """A loss on the positive prompt's cross-attention maps at one level."""
 
@@ -38,3 +44,31 @@ class GradientGuidance:
         return make_plan(total_steps, self.guided_paper_steps, self.scale, self.decay, self.strength,
                          dict(self.refine_paper_thresholds), self.max_iters, self.stop_below, self.give_up_at,
                          self.enter_above)
+
+    @property
+    def name(self) -> str:
+        return self.objective.name
+
+    @property
+    def capture_downsample(self) -> int:
+        return self.objective.downsample
+
+
+@dataclass(frozen=True)
+class AttentionEditGuidance:
+    """A method that changes the attention itself (Attention Regulation, Attention Modulation), no latent steps.
+
+    ``cross_editor`` edits the cross-attention of the layers at ``cross_downsample`` (latent pixels per map pixel;
+    None: every cross-attention layer); ``self_settings`` (Modulation) sets the self-attention temperature.
+    ``context`` is the encoded prompt the token positions belong to, checked against the positive prompt.
+    """
+
+    name: str
+    cross_editor: Editor | None
+    cross_downsample: int | None = 4
+    self_settings: object | None = None
+    context: torch.Tensor | None = None
+
+    @property
+    def capture_downsample(self) -> int:
+        return 4 if self.cross_downsample is None else self.cross_downsample

@@ -1,0 +1,154 @@
+"""Attention Regulation: optimise a bias on the target tokens' cross-attention logits, no UNet backward.
+
+Zhang et al., ECCV 2024 (arXiv 2403.06381); official ``YaNgZhAnG-V5/attention_regulation``,
+``attn_processor.py`` (``AttnProcessorAttnMapEdit``). In each chosen layer, during the first 25 of 50 steps, the
+positive prompt's logits (one row set per batch item × head, on the layer's h×w grid) get an additive bias on the
+target columns, a weighted sum of a fixed bank of 2-D Gaussian bumps; only the bump weights W are optimised:
+
+* loss (Eq. 9) ``1·mean((q₀.₉(P_t) − 0.9)²) + 80·mean((mean(P_t) − thr/n)²) + 0.09·mean(W²)`` on the targets'
+  softmax probabilities P_t, thr = min(1, 0.2·n) (so 0.2 per target for n ≤ 5);
+* 20 plain steps ``W ← W − (B·H)·100·∇W`` from ``W ~ U[0, 1)``; the lowest-loss bias seen is kept;
+* blend ``0.25·previous + 0.75·best`` with the previous step's best of the same layer (the initial random bias at
+  the layer's first edit), scaled by ``0.99^step``;
+* after the softmax the bos and eos columns get their unedited probabilities back (rows then no longer sum to 1,
+  as in the official code).
+
+Differences, on purpose: the previous best is kept per layer, looked up by the layer's block/depth metadata (the
+official code pops a FIFO in call order); W comes from a generator seeded by the node's seed (the official code uses
+the global RNG); gradients run in local ``enable_grad`` contexts (the official code flips global grad mode and
+anomaly detection); non-square maps work, with σ = max(1, min(h, w) // 16) (official: ``w // 16``, which crashes
+below 16×16); everything is float32 (the official code casts the edited logits to fp16).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .attention_patch import LayerCall, positive_index
+from .maps import step_of
+from .schedule import scale_step
+
+
+def gaussian_bank(h: int, w: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The fixed bumps ``[K, h, w]``: σ = max(1, min(h, w)//16), centres every 2σ from 2σ (49 at 16×16);
+    ``G(y, x) = exp(−((x − x₀)² + (y − y₀)²)/(2σ²))``, unnormalised, x₀ in the outer loop as officially."""
+    sigma = max(1, min(h, w) // 16)
+    xs = torch.arange(w, dtype=dtype, device=device)[None, :]
+    ys = torch.arange(h, dtype=dtype, device=device)[:, None]
+    maps = [torch.exp(-((xs - x0) ** 2 + (ys - y0) ** 2) / (2 * sigma ** 2))
+            for x0 in range(2 * sigma, w, 2 * sigma) for y0 in range(2 * sigma, h, 2 * sigma)]
+    if not maps:
+        raise ValueError(f"Attention Regulation: maps of {h}×{w} are too small for its Gaussian bank (each side must "
+                         f"exceed {2 * sigma}); use a larger image or a finer level")
+    return torch.stack(maps)
+
+
+def regulation_loss(target_probs: torch.Tensor, weights: torch.Tensor, threshold: float, gamma: float = 1.0,
+                    delta: float = 80.0, epsilon: float = 0.09) -> torch.Tensor:
+    """Eq. 9: target_probs ``[R, h, w, n]`` (softmax probabilities of the n targets), weights ``[R, K, n]``."""
+    r, h, w, n = target_probs.shape
+    high = ((torch.quantile(target_probs.reshape(r, h * w, n), 0.9, dim=1) - 0.9) ** 2).mean()
+    similar = ((target_probs.sum(dim=(1, 2)) / (h * w) - threshold / n) ** 2).mean()
+    return gamma * high + delta * similar + epsilon * (weights ** 2).mean()
+
+
+def optimise_bias(scores: torch.Tensor, targets: list[int], init_weights: torch.Tensor, iterations: int = 20,
+                  lr: float = 100.0, gamma: float = 1.0, delta: float = 80.0, epsilon: float = 0.09):
+    """Optimise the bump weights for logits ``scores`` ``[R, h, w, T]``; returns (best bias, initial bias, the loss
+    before optimising, the best loss), the biases ``[R, h, w, n]`` on the target columns. Grad is enabled locally."""
+    r, h, w, _ = scores.shape
+    bank = gaussian_bank(h, w, scores.dtype, scores.device)                      # [K, h, w]
+    threshold = min(1.0, 0.2 * len(targets))
+    bias_of = lambda wts: torch.einsum("khw,rkn->rhwn", bank, wts)               # noqa: E731
+    best, best_loss, first_loss = None, float("inf"), None
+    with torch.enable_grad():
+        weights = init_weights.to(scores).detach().clone().requires_grad_(True)
+        initial = bias_of(weights).detach()
+        for _ in range(iterations):
+            bias = bias_of(weights)
+            additive = torch.zeros_like(scores)
+            additive[..., targets] = bias                                          # only the target columns move
+            edited = scores + additive
+            loss = regulation_loss(edited.softmax(dim=-1)[..., targets], weights, threshold, gamma, delta, epsilon)
+            first_loss = loss.item() if first_loss is None else first_loss
+            if loss.item() < best_loss:
+                best_loss, best = loss.item(), bias.detach().clone()
+            (grad,) = torch.autograd.grad(loss, weights)
+            weights = (weights - r * lr * grad).detach().requires_grad_(True)
+    return best, initial, first_loss, best_loss
+
+
+class AttentionRegulation:
+    """The editor: regulates the target tokens' logits in the chosen layers during the first steps."""
+
+    name = "Attention Regulation"
+
+    def __init__(self, targets: list[int], eos_index: int, seed: int = 0, edit_paper_steps: float = 25, iterations: int = 20, lr: float = 100.0, decay: float = 0.25,
+                 global_decay: float = 0.99, gamma: float = 1.0, delta: float = 80.0, epsilon: float = 0.09):
+        if not targets:
+            raise ValueError("targets: Attention Regulation needs at least one target word")
+        self.targets, self.eos_index, self.seed = list(targets), eos_index, seed
+        self.edit_paper_steps, self.iterations, self.lr = edit_paper_steps, iterations, lr
+        self.decay, self.global_decay = decay, global_decay
+        self.gamma, self.delta, self.epsilon = gamma, delta, epsilon
+        self.begin_run()
+
+    def __deepcopy__(self, memo: dict) -> "AttentionRegulation":
+        return self
+
+    def fresh(self) -> "AttentionRegulation":
+        """A copy with its own state, for another model."""
+        twin = copy.copy(self)
+        twin.begin_run()
+        return twin
+
+    def begin_run(self) -> None:
+        """Forget the previous bests and restart the random stream (each sampling run starts afresh)."""
+        self.previous: dict[tuple[str, int, int], torch.Tensor] = {}
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.edits = 0
+        self.losses: dict[int, list[tuple[float, float]]] = {}   # step → (loss before, best loss) per layer call
+
+    def _step(self, call: LayerCall) -> tuple[int, int]:
+        if call.sigma is None or call.sample_sigmas is None:
+            raise RuntimeError("Attention Regulation needs the sampler's σ schedule in transformer_options")
+        step, _ = step_of(call.sigma, call.sample_sigmas)
+        total = len(call.sample_sigmas) - 1
+        return (total if step is None else step), scale_step(self.edit_paper_steps, total)
+
+    def wants(self, call: LayerCall) -> bool:
+        """It is attached only to the chosen layers; there it edits sampler passes with a positive prompt."""
+        if call.grad_pass or 0 not in call.cond_or_uncond:
+            return False
+        step, n_edit = self._step(call)
+        return step < n_edit
+
+    def edit_scores(self, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        b, heads, n, t = scores.shape
+        h, w = call.size
+        rows = positive_index(call, b).to(scores.device)
+        pos = scores[rows].reshape(-1, h, w, t)                                   # [R = B·heads, h, w, T]
+        init = torch.rand((pos.shape[0], gaussian_bank(h, w).shape[0], len(self.targets)), generator=self.generator)
+        with torch.inference_mode(False):
+            best, initial, before, after = optimise_bias(pos.detach().clone(), self.targets, init, self.iterations,
+                                                         self.lr, self.gamma, self.delta, self.epsilon)
+        previous = self.previous.get(call.key, initial)
+        self.previous[call.key] = best
+        step, _ = self._step(call)
+        self.losses.setdefault(step, []).append((before, after))
+        bias = (self.decay * previous.to(best) + (1 - self.decay) * best) * self.global_decay ** step
+        edited_pos = pos.clone()
+        edited_pos[..., self.targets] += bias
+        out = scores.clone()
+        out[rows] = edited_pos.reshape(len(rows), heads, n, t)
+        self.edits += 1
+        return out
+
+    def edit_probs(self, probs: torch.Tensor, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        """Put the unedited bos and eos probabilities back (official: after the softmax, all rows)."""
+        unedited = scores.softmax(dim=-1)
+        out = probs.clone()
+        out[..., 0] = unedited[..., 0]
+        out[..., self.eos_index] = unedited[..., self.eos_index]
+        return out
