@@ -3,8 +3,10 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply_guidance import ApplyGuidance
 from .attend_excite import AttendExciteGuidance
+from .attn_regulation import AttentionRegulationGuidance
 from .capture import CaptureCrossAttention
 from .guided_sampler import GuidedKSampler
+from .modulation import AttentionModulationGuidance
 from .show_tokens import ShowTokens
 from .syngen import SynGenGuidance
 from .text_attention import TextSelfAttention
@@ -12,7 +14,8 @@ from .tsam import TSAMGuidance
 from .visualize import VisualizeAttention
 
 NODES: list[type[io.ComfyNode]] = [TextSelfAttention, CaptureCrossAttention, VisualizeAttention, TSAMGuidance,
-                                   AttendExciteGuidance, SynGenGuidance, ShowTokens, GuidedKSampler, ApplyGuidance]
+                                   AttendExciteGuidance, SynGenGuidance, AttentionRegulationGuidance,
+                                   AttentionModulationGuidance, ShowTokens, GuidedKSampler, ApplyGuidance]
 
 
 class AttentionAlignExtension(ComfyExtension):

@@ -4,10 +4,13 @@ from __future__ import annotations
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..guidance.engine import GuidanceLog
-from ..guidance.method import GradientGuidance
+from ..guidance.engine import GuidanceLog, StepRecord
+from ..guidance.method import AttentionEditGuidance, GradientGuidance
 from ._sampling import WRAPPER_KEY, make_sampler_wrapper
-from ._unet import VAE_FACTOR, attach_observer, cross_attention_layers, layers_at
+from ._unet import (VAE_FACTOR, attach_editor, attach_observer, attach_self_temperature, cross_attention_layers,
+                    layers_at)
+
+EDIT_WRAPPER_KEY = "attention_align_edit"
 
 
 def prompt_check(context: torch.Tensor | None):
@@ -30,15 +33,53 @@ def prompt_check(context: torch.Tensor | None):
     return check
 
 
-def guided_model(model, guidance: GradientGuidance, force_path: str | None = None, verify: bool = False):
-    """Clone ``model`` and attach ``guidance``; returns (clone, its GuidanceLog handle)."""
+def guided_model(model, guidance, force_path: str | None = None, verify: bool = False):
+    """Clone ``model`` and attach ``guidance`` (gradient or attention-edit); returns (clone, its GuidanceLog)."""
+    if isinstance(guidance, AttentionEditGuidance):
+        return edited_model(model, guidance)
+    if not isinstance(guidance, GradientGuidance):
+        raise ValueError(f"guidance: expected a GUIDANCE from one of the pack's method nodes, got {type(guidance)}")
     layers = layers_at(cross_attention_layers(model), VAE_FACTOR * guidance.objective.downsample)
     if WRAPPER_KEY in model.wrappers.get(WrappersMP.SAMPLER_SAMPLE, {}):
-        raise ValueError("model: it already carries Attention Align guidance; apply one guidance per model")
+        raise ValueError("model: it already carries Attention Align gradient guidance; apply one gradient method "
+                         "per model")
     m = model.clone()
     attach_observer(m, layers, None)
     log = GuidanceLog()
     check = prompt_check(getattr(guidance.objective, "context", None))
     m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                            make_sampler_wrapper(guidance, log, force_path, verify, check))
+    return m, log
+
+
+def edited_model(model, guidance: AttentionEditGuidance):
+    """Clone ``model`` with an attention editor (and Modulation's self-attention temperature) attached."""
+    layers = cross_attention_layers(model)
+    m = model.clone()
+    editor = guidance.cross_editor.fresh() if guidance.cross_editor is not None else None
+    if editor is not None:
+        chosen = layers if guidance.cross_downsample is None else \
+            layers_at(layers, VAE_FACTOR * guidance.cross_downsample)
+        attach_editor(m, chosen, editor)
+    settings = guidance.self_settings
+    if settings is not None and settings.temperature != 1.0:
+        attach_self_temperature(m, layers, settings)
+    log = GuidanceLog()
+    check = prompt_check(guidance.context)
+
+    def wrapper(executor, guider, sigmas, *args, **kwargs):
+        if check is not None:
+            check(guider.conds.get("positive") or [{}])
+        if hasattr(editor, "begin_run"):
+            editor.begin_run()
+        log.begin_run(guidance.name, type(executor.class_obj).__name__, "attention edit", len(sigmas) - 1)
+        try:
+            return executor(guider, sigmas, *args, **kwargs)
+        finally:
+            for step, pairs in sorted(getattr(editor, "losses", {}).items()):    # Attention Regulation's own loss
+                before, after = (sum(v) / len(v) for v in zip(*pairs))
+                log.steps.append(StepRecord(step, float(sigmas[min(step, len(sigmas) - 1)]), 0.0,
+                                            [torch.tensor([before]), torch.tensor([after])]))
+
+    m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, EDIT_WRAPPER_KEY, wrapper)
     return m, log

@@ -7,7 +7,8 @@ import comfy.ldm.modules.attention as comfy_attention
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
-from ..guidance.attention_patch import CrossAttentionReplace, Observer
+from ..guidance.attention_patch import CrossAttentionReplace, Editor, Observer
+from ..guidance.modulation import SelfAttentionTemperature
 
 #: pixels of the decoded image per latent pixel for the SD families (SD1.x, SD2.x, SDXL)
 VAE_FACTOR = 8
@@ -115,3 +116,31 @@ def attach_observer(model_clone, layers: list[CrossAttentionLayer], observer: Ob
         else:
             replace = CrossAttentionReplace(host_attention, observers, inner=existing)
         model_clone.set_model_attn2_replace(replace, key[0], key[1], key[2])
+
+
+def _existing(model_clone, kind: str, key: tuple[str, int, int]):
+    current = model_clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+    return current.get(key, current.get(key[:2]))
+
+
+def attach_editor(model_clone, layers: list[CrossAttentionLayer], editor: Editor) -> None:
+    """Put ``editor`` on the attn2 replace of each layer; a layer held by another pack's replace cannot be edited."""
+    for layer in layers:
+        existing = _existing(model_clone, "attn2", layer.key)
+        if existing is not None and not getattr(existing, "is_attention_align_replace", False):
+            raise ValueError(f"model: cross-attention layer {layer.key} is already replaced by another node pack "
+                             f"(e.g. IPAdapter); {editor.name} cannot edit it. Apply it before that pack's node, or "
+                             "choose a level without such layers.")
+        replace = existing.with_editor(editor) if existing is not None else \
+            CrossAttentionReplace(host_attention, editors=(editor,))
+        model_clone.set_model_attn2_replace(replace, *layer.key)
+
+
+def attach_self_temperature(model_clone, layers: list[CrossAttentionLayer], settings) -> None:
+    """Self-attention (attn1) temperature on every transformer block; another pack's attn1 replace is wrapped."""
+    for layer in layers:
+        existing = _existing(model_clone, "attn1", layer.key)
+        if isinstance(existing, SelfAttentionTemperature):
+            raise ValueError("model: it already carries Attention Modulation's self-attention temperature")
+        model_clone.set_model_attn1_replace(SelfAttentionTemperature(host_attention, settings, inner=existing),
+                                            *layer.key)

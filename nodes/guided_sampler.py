@@ -49,7 +49,7 @@ class GuidedKSampler(io.ComfyNode):
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 guidance) -> io.NodeOutput:
         m, log = guided_model(model, guidance)
-        layers = layers_at(cross_attention_layers(m), VAE_FACTOR * guidance.objective.downsample)
+        layers = layers_at(cross_attention_layers(m), VAE_FACTOR * guidance.capture_downsample)
         recorder = AttentionRecorder({layer.key for layer in layers})
         attach_observer(m, layers, recorder)
         (latent,) = comfy_nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative,

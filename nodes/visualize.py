@@ -123,6 +123,8 @@ class VisualizeAttention(io.ComfyNode):
 def _loss_plots(log: GuidanceLog, size: tuple[int, int]) -> list[torch.Tensor]:
     """One loss-per-step plot per sample of the most recent guided run."""
     steps, curves = log.loss_curve()                                        # [n_steps, B]
+    if not steps and log.runs and log.path == "attention edit":
+        raise ValueError(f"guidance_log: {log.method} optimises no loss, so there is nothing to plot; disconnect it")
     if not steps:
         raise ValueError("guidance_log: no guided step was recorded yet; connect it from a Guided KSampler or "
                          "Apply Guidance whose sampler runs before this node")

@@ -67,13 +67,20 @@ def tsam() -> tuple[dict, dict]:
     return prompt, positions
 
 
-def _guided(prompt_text: str, seed: int, method: dict, prefix: str) -> tuple[dict, dict]:
-    """Checkpoint → Text Self-Attention → method node → Guided KSampler → decode/save, + Show Tokens, + maps."""
-    prompt = {
+def _head(prompt_text: str) -> dict:
+    """Checkpoint, Text Self-Attention (the positive prompt) and an empty negative: nodes 1–3 of the method graphs."""
+    return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
         "2": {"class_type": "AttentionAlignTextSelfAttention",
               "inputs": {"clip": ["1", 1], "text": prompt_text, "encoder": "auto", "gamma": 3.0}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+    }
+
+
+def _guided(prompt_text: str, seed: int, method: dict, prefix: str) -> tuple[dict, dict]:
+    """Checkpoint → Text Self-Attention → method node → Guided KSampler → decode/save, + Show Tokens, + maps."""
+    prompt = {
+        **_head(prompt_text),
         "4": method,
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
         "6": {"class_type": "AttentionAlignGuidedKSampler", "inputs": {
@@ -109,7 +116,50 @@ def syngen() -> tuple[dict, dict]:
         "guided_steps": 25, "level": 32}}, "syngen")
 
 
+def _patched(prompt_text: str, seed: int, sampler: str, steps: int, method: dict, prefix: str,
+             plot: bool) -> tuple[dict, dict]:
+    """Checkpoint → method → Apply Guidance → Capture → the stock KSampler → decode/save + maps (the MODEL route)."""
+    prompt = {
+        **_head(prompt_text),
+        "4": method,
+        "5": {"class_type": "AttentionAlignApplyGuidance", "inputs": {"model": ["1", 0], "guidance": ["4", 0]}},
+        "6": {"class_type": "AttentionAlignCaptureCrossAttention",
+              "inputs": {"model": ["5", 0], "levels": "32", "record_steps": False}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "8": {"class_type": "KSampler", "inputs": {
+            "model": ["6", 0], "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": sampler,
+            "scheduler": "normal", "positive": ["2", 2], "negative": ["3", 0], "latent_image": ["7", 0],
+            "denoise": 1.0}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": f"attention_align/{prefix}"}},
+        "11": {"class_type": "AttentionAlignVisualize", "inputs": {
+            "attention_maps": ["6", 1], "text_attention": ["2", 0], "image": ["9", 0], "words": "", "level": "32",
+            "columns": 4, **({"guidance_log": ["5", 1]} if plot else {})}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0],
+                                                     "filename_prefix": f"attention_align/{prefix}_maps"}},
+    }
+    positions = {"1": (40, 320), "2": (420, 60), "3": (420, 330), "4": (860, 20), "5": (860, 360), "6": (860, 520),
+                 "7": (420, 560), "8": (1240, 360), "9": (1600, 360), "10": (1600, 560), "11": (1960, 360),
+                 "12": (2360, 360)}
+    return prompt, positions
+
+
+def attention_regulation() -> tuple[dict, dict]:
+    return _patched("a cat and a dog", 42, "dpmpp_2m", 50, {"class_type": "AttentionAlignAttentionRegulation", "inputs": {
+        "text_attention": ["2", 0], "targets": "cat, dog", "parser": "builtin", "seed": 42, "edit_steps": 25,
+        "iterations": 20, "learning_rate": 100.0, "level": 32}}, "attention_regulation", plot=True)
+
+
+def attention_modulation() -> tuple[dict, dict]:
+    return _patched("a red car and a blue bench", 7, "euler", 30, {"class_type": "AttentionAlignAttentionModulation",
+                    "inputs": {"text_attention": ["2", 0], "entities": "", "parser": "builtin", "temperature": 0.8,
+                               "temperature_until": 0.3, "mask_until": 0.4, "noun_weight": 1.5,
+                               "attribute_weight": 1.5, "switch": 0.5}}, "attention_modulation", plot=False)
+
+
 WORKFLOWS = {"capture_and_visualise_sd15.json": capture_and_visualise, "tsam_sd15.json": tsam,
+             "attention_regulation_sd15.json": attention_regulation,
+             "attention_modulation_sd15.json": attention_modulation,
              "attend_and_excite_sd15.json": attend_and_excite, "syngen_sd15.json": syngen}
 
 

@@ -1,0 +1,55 @@
+"""Node: Attention Regulation (bias on the target tokens' cross-attention logits; no UNet backward)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..guidance.attn_regulation import AttentionRegulation
+from ..guidance.method import AttentionEditGuidance
+from . import _inputs
+from ._select import subjects_for
+from ._unet import VAE_FACTOR
+from .types import CATEGORY, GuidanceType
+
+
+class AttentionRegulationGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AttentionAlignAttentionRegulation",
+            display_name="Attention Regulation (Attention Align)",
+            category=CATEGORY,
+            description="Attention Regulation (Zhang et al., ECCV 2024): in the chosen cross-attention layers and the "
+                        "first steps, a small optimisation adds Gaussian bumps to the target words' attention logits "
+                        "so each target gets a strong, comparably sized region. No backward pass through the UNet. "
+                        "Connect to Apply Guidance (any sampler node) or a Guided KSampler.",
+            inputs=[
+                _inputs.text_attention(),
+                io.String.Input("targets", default="",
+                                tooltip="Target words, comma-separated ('cat, dog'; 'dog#2' for a repeat); every "
+                                        "wordpiece of a word is a target. Empty: the prompt's nouns, found "
+                                        "automatically."),
+                _inputs.parser(),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                             tooltip="Seeds the random initial bump weights (each sampling run restarts from it)."),
+                io.Int.Input("edit_steps", default=25, min=0, max=50,
+                             tooltip="Edit during the first this-many of 50 steps, scaled to your step count "
+                                     "(official: 25)."),
+                io.Int.Input("iterations", default=20, min=1, max=200,
+                             tooltip="Optimisation steps per layer call (official: 20)."),
+                io.Float.Input("learning_rate", default=100.0, min=0.0, max=10000.0, step=1.0,
+                               tooltip="Step size of the bump weights, multiplied by batch × heads (official: 100)."),
+                _inputs.level(),
+            ],
+            outputs=[GuidanceType.Output("guidance", display_name="guidance"),
+                     io.String.Output("tokens", display_name="tokens", tooltip="The targets and their tokens.")],
+        )
+
+    @classmethod
+    def execute(cls, text_attention, targets: str, parser: str, seed: int, edit_steps: int, iterations: int,
+                learning_rate: float, level: int) -> io.NodeOutput:
+        ta = text_attention
+        words, text = subjects_for(ta, targets, parser)
+        positions = [p for w in words for p in w.positions]
+        editor = AttentionRegulation(positions, ta.eos_index, seed, edit_steps, iterations, learning_rate)
+        guidance = AttentionEditGuidance("Attention Regulation", editor, level // VAE_FACTOR, context=ta.context)
+        return io.NodeOutput(guidance, text.replace("subjects", "targets", 1))
