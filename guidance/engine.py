@@ -25,15 +25,22 @@ from .schedule import Plan
 GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+class StopForward(Exception):
+    """Raised inside a gradient pass once every map the loss needs exists: the rest of the UNet is skipped."""
+
+
 class PassMaps:
     """Observer for one gradient pass: the positive prompt's head-averaged maps of the layers at one level.
 
     ``downsample`` is in latent pixels per map pixel (4 = SD1.5's 16×16 maps at 512 px). :meth:`maps` returns
-    ``[B, T, h, w]``, the mean over those layers, with the autograd graph intact.
+    ``[B, T, h, w]``, the mean over those layers, with the autograd graph intact. With ``expected`` (the number of
+    layers at that level) it raises :class:`StopForward` as soon as the last one was seen: nothing after it can
+    change the loss, so the truncated pass gives the same loss and gradient as the full one at a fraction of the cost.
     """
 
-    def __init__(self, downsample: int):
+    def __init__(self, downsample: int, expected: int | None = None):
         self.downsample = downsample
+        self.expected = expected
         self.parts: list[torch.Tensor] = []
         self.size: tuple[int, int] | None = None
 
@@ -43,6 +50,8 @@ class PassMaps:
     def observe(self, probs: torch.Tensor, call: LayerCall) -> None:
         self.size = call.size
         self.parts.append(positive_rows(probs, call).mean(dim=1))          # [B, h·w, T]
+        if self.expected is not None and len(self.parts) == self.expected:
+            raise StopForward
 
     def maps(self) -> torch.Tensor:
         if not self.parts:

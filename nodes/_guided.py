@@ -33,8 +33,10 @@ def prompt_check(context: torch.Tensor | None):
     return check
 
 
-def guided_model(model, guidance, force_path: str | None = None, verify: bool = False):
-    """Clone ``model`` and attach ``guidance`` (gradient or attention-edit); returns (clone, its GuidanceLog)."""
+def guided_model(model, guidance, force_path: str | None = None, verify: bool = False, truncate: bool = True):
+    """Clone ``model`` and attach ``guidance`` (gradient or attention-edit); returns (clone, its GuidanceLog).
+
+    ``truncate``: gradient passes stop after the last layer the loss reads (same loss and gradient, less work)."""
     if isinstance(guidance, AttentionEditGuidance):
         return edited_model(model, guidance)
     if not isinstance(guidance, GradientGuidance):
@@ -48,7 +50,8 @@ def guided_model(model, guidance, force_path: str | None = None, verify: bool = 
     log = GuidanceLog()
     check = prompt_check(getattr(guidance.objective, "context", None))
     m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
-                           make_sampler_wrapper(guidance, log, force_path, verify, check))
+                           make_sampler_wrapper(guidance, log, force_path, verify, check,
+                                                len(layers) if truncate else None))
     return m, log
 
 

@@ -25,12 +25,13 @@ import logging
 
 import torch
 import comfy.k_diffusion.sampling as kd
+import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
 
 from ..guidance.attention_patch import PASS_KEY
-from ..guidance.engine import GuidanceLog, PassMaps, guided_step
+from ..guidance.engine import GuidanceLog, PassMaps, StopForward, guided_step
 from ..guidance.method import GradientGuidance
 
 log = logging.getLogger("attention_align")
@@ -152,7 +153,8 @@ def _unet_view(model_k, x, sigma, denoise_mask, model_options):
 class GradientPass:
     """``grad_fn`` for :func:`~..guidance.engine.guided_step`: one positive-only UNet pass with graph."""
 
-    def __init__(self, model_k, sigma: torch.Tensor, extra_args: dict, guidance: GradientGuidance, check=None):
+    def __init__(self, model_k, sigma: torch.Tensor, extra_args: dict, guidance: GradientGuidance, check=None,
+                 expected_layers: int | None = None):
         self.model_k, self.sigma, self.extra_args, self.guidance = model_k, sigma, extra_args, guidance
         guider = model_k.inner_model
         self.base_model = guider.inner_model
@@ -163,17 +165,25 @@ class GradientPass:
         if check is not None:
             check(self.conds)
         self.model_options = extra_args.get("model_options", {})
+        # Truncation needs the whole positive prompt in one UNet call: several positive conditionings (areas,
+        # combines) are run in separate calls, and stopping the first would lose the others' maps.
+        self.expected_layers = expected_layers if len(self.conds) == 1 else None
 
     def _options(self, store: PassMaps) -> dict:
         mo = dict(self.model_options)
         to = dict(mo.get("transformer_options", {}))
         to[PASS_KEY] = {"grad_pass": True, "observers": [store]}
+        if getattr(comfy_attention.optimized_attention, "__name__", "") == "attention_sage" \
+                and "optimized_attention_override" not in to:
+            # SageAttention has no backward; the gradient pass uses PyTorch's differentiable SDPA instead
+            to["optimized_attention_override"] = lambda func, *args, **kwargs: \
+                comfy_attention.attention_pytorch(*args, **kwargs)
         mo["transformer_options"] = to
         return mo
 
     def _loss(self, x: torch.Tensor, with_grad: bool):
         x_in, mask = _unet_view(self.model_k, x, self.sigma, self.extra_args.get("denoise_mask"), self.model_options)
-        store = PassMaps(self.guidance.objective.downsample)
+        store = PassMaps(self.guidance.objective.downsample, self.expected_layers)
         mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if self.has_control and with_grad \
             else contextlib.nullcontext()
         with torch.inference_mode(False), torch.set_grad_enabled(with_grad), mutation_ok:
@@ -182,7 +192,10 @@ class GradientPass:
             x_in = x_in.detach().clone()
             c_in = self.base_model.model_sampling.calculate_input(sigma, torch.ones_like(x_in))
             z = (x_in * c_in).requires_grad_(with_grad)
-            comfy.samplers.calc_cond_batch(self.base_model, [self.conds], z / c_in, sigma, self._options(store))
+            try:
+                comfy.samplers.calc_cond_batch(self.base_model, [self.conds], z / c_in, sigma, self._options(store))
+            except StopForward:
+                pass                                       # the maps are complete; the rest of the UNet is skipped
             maps = store.maps().float()
             loss = self.guidance.objective.loss(maps)                         # [B]
             if not with_grad:
@@ -206,8 +219,9 @@ class GuidedRun:
     """Guidance for one sampling run: the plan, the log, and the step function both paths call."""
 
     def __init__(self, guidance: GradientGuidance, log_: GuidanceLog, total_steps: int, verify: bool = False,
-                 check=None):
+                 check=None, expected_layers: int | None = None):
         self.guidance, self.log, self.verify, self.check = guidance, log_, verify, check
+        self.expected_layers = expected_layers
         self.plan = guidance.plan(total_steps)
         self.pbar = None
 
@@ -219,7 +233,7 @@ class GuidedRun:
     def step(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor, extra_args: dict) -> torch.Tensor:
         """The guided step i on x (k-diffusion space); returns the new latent."""
         sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma   # σ per sample, [B]
-        gp = GradientPass(model_k, sigma, extra_args, self.guidance, self.check)
+        gp = GradientPass(model_k, sigma, extra_args, self.guidance, self.check, self.expected_layers)
         self.check = None  # once per run
         x_new, rec = guided_step(x, i, float(sigma.reshape(-1)[0]), self.plan, gp,
                                  verify_fn=gp.loss_only if self.verify else None,
@@ -304,7 +318,7 @@ def chunked_function(original, run: GuidedRun):
 
 
 def make_sampler_wrapper(guidance: GradientGuidance, log_: GuidanceLog, force_path: str | None = None,
-                         verify: bool = False, check=None):
+                         verify: bool = False, check=None, expected_layers: int | None = None):
     """The SAMPLER_SAMPLE wrapper that guides every sampling run of the model it is set on."""
     def wrapper(executor, guider, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                 disable_pbar=False):
@@ -314,7 +328,7 @@ def make_sampler_wrapper(guidance: GradientGuidance, log_: GuidanceLog, force_pa
                              f"got {type(sampler).__name__}")
         path, label = choose_path(sampler, force_path)
         total = len(sigmas) - 1
-        run = GuidedRun(guidance, log_, total, verify, check)
+        run = GuidedRun(guidance, log_, total, verify, check, expected_layers)
         log_.begin_run(guidance.objective.name, label, path, total)
         if path == "chunked" and label in CHUNKED_MODIFIED:
             log_.notes.append(f"{label}: no exact in-place update exists; the {len(run.plan.guided)} guided steps "

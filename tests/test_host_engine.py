@@ -354,3 +354,36 @@ def test_mismatched_prompt_and_bad_levels_are_refused(env, host, tiny_ckpt):
     graph["t"]["inputs"]["text"] = "cat"
     with pytest.raises(ExecutionFailed, match="T-SAM compares pairs of prompt tokens, but 'cat' has 1 token"):
         host.run(graph)
+
+
+def test_truncated_gradient_pass_gives_the_same_loss_and_gradient(env, host):
+    """The fast path stops the UNet after the last layer at the loss's level; nothing after it can change the loss,
+    so losses and updated latents (which carry the gradient) are bit-identical, and the later layers never run."""
+    unet = host.pack_module("nodes._unet")
+
+    class GradPassLayers:
+        def __init__(self):
+            self.keys = []
+
+        def wants(self, call):
+            if call.grad_pass:
+                self.keys.append(call.key)
+            return False
+
+    runs = {}
+    for truncate in (True, False):
+        m, log = env.G.guided_model(env.model, tsam(env, 10.0, refine="official"), verify=True, truncate=truncate)
+        seen = GradPassLayers()
+        unet.attach_observer(m, unet.cross_attention_layers(m), seen)
+        sample(env, m, "euler", size=128, steps=3, batch=2)
+        runs[truncate] = (log, seen.keys)
+    (fast, fast_keys), (full, full_keys) = runs[True], runs[False]
+    assert len(fast.steps) == len(full.steps) == 2 and len(fast.steps[0].losses) > 1
+    for a, b in zip(fast.steps, full.steps):
+        assert all(torch.equal(x, y) for x, y in zip(a.losses, b.losses))
+        assert torch.equal(a.loss_after, b.loss_after) and torch.equal(a.x_after, b.x_after)
+    level_layers = [layer.key for layer in unet.cross_attention_layers(env.model) if layer.level == 32]
+    order = list(dict.fromkeys(full_keys))                  # every layer, in forward order
+    last = order.index(level_layers[-1])
+    assert set(fast_keys) == set(order[:last + 1])           # everything up to the loss's last layer, nothing after
+    assert ("output", 5, 0) in order[last + 1:]
