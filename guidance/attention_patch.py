@@ -16,8 +16,10 @@ deepcopy as itself: adding an observer builds a new object.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
+
+import weakref
 
 import torch
 
@@ -37,6 +39,7 @@ class LayerCall:
     sigma: float | None                 # current σ of the (first) row
     sample_sigmas: torch.Tensor | None  # the whole schedule of the running sampler, if known
     grad_pass: bool                     # True inside the pack's own gradient passes
+    options: dict | None = field(default=None, compare=False, repr=False)   # extra_options, for the kernel
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -56,7 +59,12 @@ class Observer(Protocol):
 
 
 class Editor(Protocol):
-    """Changes the attention itself: the scores before the softmax and/or the probabilities after it."""
+    """Changes the attention itself: the scores before the softmax and/or the probabilities after it.
+
+    An editor may instead (or also) offer ``bias(q, k, heads, call) → [b, heads, n, T]``, an additive mask: if every
+    active editor is such a bias, the layer still runs the host's attention kernel (with that mask), at no extra
+    cost beyond computing the bias.
+    """
 
     def wants(self, call: LayerCall) -> bool: ...
 
@@ -65,6 +73,28 @@ class Editor(Protocol):
 
     def edit_probs(self, probs: torch.Tensor, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
         """probs after the softmax of the edited scores; ``scores`` are the unedited ones."""
+
+
+class PerTensor:
+    """A value computed once per tensor *object* and dropped with it (weak references, compared by identity;
+    ``WeakKeyDictionary`` cannot hold tensors, whose ``==`` is element-wise)."""
+
+    def __init__(self, compute: Callable[[torch.Tensor], Any]):
+        self.compute, self.values = compute, {}
+
+    def __call__(self, t: torch.Tensor):
+        entry = self.values.get(id(t))
+        if entry is not None and entry[0]() is t:
+            return entry[1]
+        value = self.compute(t)
+        key = id(t)
+        self.values[key] = (weakref.ref(t, lambda _, key=key: self.values.pop(key, None)), value)
+        return value
+
+
+#: ``float(t[0])`` once per tensor: every layer of one UNet call shares the same ``sigmas`` tensor, and on a GPU
+#: each read is a device synchronisation
+first_value = PerTensor(lambda t: float(t.reshape(-1)[0]))
 
 
 def layer_call(q: torch.Tensor, extra_options: dict[str, Any]) -> LayerCall:
@@ -89,9 +119,10 @@ def layer_call(q: torch.Tensor, extra_options: dict[str, Any]) -> LayerCall:
         size=size,
         latent_size=(int(latent[-2]), int(latent[-1])),
         cond_or_uncond=tuple(int(c) for c in extra_options.get("cond_or_uncond", (0,))),
-        sigma=float(sigmas.reshape(-1)[0]) if sigmas is not None else None,
+        sigma=first_value(sigmas) if sigmas is not None else None,
         sample_sigmas=extra_options.get("sample_sigmas"),
         grad_pass=bool(pass_opts.get("grad_pass", False)),
+        options=extra_options,
     )
 
 
@@ -165,28 +196,52 @@ class CrossAttentionReplace:
         return self.attention_fn(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
                                  transformer_options=extra_options)
 
-    def _edited(self, q, k, v, call: LayerCall, heads: int, editors: list[Editor], observers: list[Observer]):
+    def _edited(self, q, k, v, call: LayerCall, heads: int, editors: list, observers: list[Observer]):
         """The layer's attention with the editors applied: observers see, and the output uses, the edited probs."""
         if self.inner is not None:
             raise RuntimeError(f"attn2 layer {call.key} is replaced by another node pack's attention patch; "
                                "Attention Align cannot edit its attention as well")
+        biases = [e.bias(q, k, heads, call) for e in editors if hasattr(e, "bias")]
+        bias = sum(biases[1:], biases[0]) if biases else None
+        score_editors = [e for e in editors if hasattr(e, "edit_scores")]
+        if not score_editors:
+            probs = None
+            if observers or (call.grad_pass and torch.is_grad_enabled()):
+                probs = (attention_scores(q, k, heads) + bias).softmax(dim=-1)
+                for observer in observers:
+                    observer.observe(probs, call)
+            if probs is not None and call.grad_pass and torch.is_grad_enabled():
+                return probs_times_v(probs, v)
+            return self.attention_fn(q, k, v, heads, mask=bias.to(q.dtype), attn_precision=call_precision(call),
+                                     transformer_options=call_options(call))
         scores = attention_scores(q, k, heads)
-        edited = scores
-        for editor in editors:
+        edited = scores if bias is None else scores + bias
+        for editor in score_editors:
             edited = editor.edit_scores(edited, call)
         probs = edited.softmax(dim=-1)
-        for editor in editors:
+        for editor in score_editors:
             probs = editor.edit_probs(probs, scores, call)
         for observer in observers:
             observer.observe(probs, call)
         return probs_times_v(probs, v)
 
 
-def positive_index(call: LayerCall, rows: int) -> torch.Tensor:
-    """Batch indices of the positive prompt's rows (all positive chunks) among ``rows`` rows."""
+def call_options(call: LayerCall) -> dict:
+    return call.options if call.options is not None else {}
+
+
+def call_precision(call: LayerCall):
+    return call_options(call).get("attn_precision")
+
+
+def positive_index(call: LayerCall, rows: int, device=None) -> slice | torch.Tensor:
+    """The positive prompt's rows (all positive chunks) among ``rows`` rows: a slice when they are contiguous (one
+    positive chunk, the usual case: no index tensor, no host-to-device copy), else an index tensor."""
     per = rows // len(call.cond_or_uncond)
-    return torch.tensor([j * per + r for j, c in enumerate(call.cond_or_uncond) if c == 0 for r in range(per)],
-                        dtype=torch.long)
+    chunks = [j for j, c in enumerate(call.cond_or_uncond) if c == 0]
+    if chunks == list(range(chunks[0], chunks[-1] + 1)):
+        return slice(chunks[0] * per, (chunks[-1] + 1) * per)
+    return torch.tensor([j * per + r for j in chunks for r in range(per)], dtype=torch.long, device=device)
 
 
 def positive_rows(probs: torch.Tensor, call: LayerCall) -> torch.Tensor:

@@ -127,7 +127,7 @@ class AttentionRegulation:
     def edit_scores(self, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
         b, heads, n, t = scores.shape
         h, w = call.size
-        rows = positive_index(call, b).to(scores.device)
+        rows = positive_index(call, b, scores.device)
         pos = scores[rows].reshape(-1, h, w, t)                                   # [R = B·heads, h, w, T]
         init = torch.rand((pos.shape[0], gaussian_bank(h, w).shape[0], len(self.targets)), generator=self.generator)
         with torch.inference_mode(False):
@@ -141,7 +141,7 @@ class AttentionRegulation:
         edited_pos = pos.clone()
         edited_pos[..., self.targets] += bias
         out = scores.clone()
-        out[rows] = edited_pos.reshape(len(rows), heads, n, t)
+        out[rows] = edited_pos.reshape(-1, heads, n, t)
         self.edits += 1
         return out
 

@@ -2,8 +2,9 @@
 
 The recorder is an observer of :class:`~.attention_patch.CrossAttentionReplace`. For every attn2 call of the
 layers it was installed on (sampler passes only, never the pack's gradient passes) it takes the positive prompt's
-probabilities, averages the heads and adds them, on the CPU, to a running mean per map size. With ``keep_steps``
-it also keeps one mean per sampler evaluation σ. Memory is therefore bounded by the number of map sizes
+probabilities, averages the heads and adds them to a running mean per map size, kept on the model's device so that
+recording never synchronises it (read back as CPU tensors). With ``keep_steps`` it also keeps one mean per sampler
+evaluation σ. Memory is therefore bounded by the number of map sizes
 (and steps, when asked), never by the number of calls.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention_patch import LayerCall, positive_rows
+from .attention_patch import LayerCall, PerTensor, positive_rows
 
 
 @dataclass
@@ -26,7 +27,7 @@ class StepMaps:
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def mean(self, size: tuple[int, int]) -> torch.Tensor:
-        return self.sums[size] / self.counts[size]
+        return (self.sums[size] / self.counts[size]).cpu()
 
 
 def _add(sums: dict, counts: dict, size: tuple[int, int], m: torch.Tensor) -> None:
@@ -37,11 +38,15 @@ def _add(sums: dict, counts: dict, size: tuple[int, int], m: torch.Tensor) -> No
     counts[size] = counts.get(size, 0) + 1
 
 
+_schedule_values = PerTensor(lambda t: t.reshape(-1).tolist())
+
+
 def step_of(sigma: float, schedule: torch.Tensor | None) -> tuple[int | None, bool]:
-    """Index of σ in a (decreasing) schedule, or of the interval it lies in; ``(None, False)`` without a schedule."""
+    """Index of σ in a (decreasing) schedule, or of the interval it lies in; ``(None, False)`` without a schedule.
+    The schedule is read once per tensor object (on a GPU each read is a synchronisation)."""
     if schedule is None:
         return None, False
-    s = [float(x) for x in schedule.reshape(-1)]
+    s = _schedule_values(schedule)
     for i, v in enumerate(s):
         if v == sigma:
             return i, True
@@ -85,7 +90,7 @@ class AttentionRecorder:
         h, w = call.size
         pos = positive_rows(probs, call)                                   # [B, heads, h·w, T]
         m = pos.detach().mean(dim=1).transpose(1, 2)                       # [B, T, h·w]
-        m = m.reshape(m.shape[0], m.shape[1], h, w).float().cpu()          # [B, T, h, w]
+        m = m.reshape(m.shape[0], m.shape[1], h, w).float()                # [B, T, h, w], on the model's device
         if self.latent_size is not None and self.latent_size != call.latent_size:
             raise RuntimeError(f"latent size changed within one sampling run: {self.latent_size} → {call.latent_size}")
         self.latent_size = call.latent_size
@@ -114,11 +119,11 @@ class AttentionRecorder:
         return sorted(self.sums, key=lambda s: -s[0] * s[1])
 
     def mean(self, size: tuple[int, int]) -> torch.Tensor:
-        """``[B, T, h, w]``: the mean over every recorded layer call of that size (layers × evaluations)."""
+        """``[B, T, h, w]`` on the CPU: the mean over every recorded layer call of that size (layers × evaluations)."""
         if size not in self.sums:
             raise KeyError(f"no attention maps of size {size[0]}×{size[1]} were recorded; recorded: "
                            + ", ".join(f"{h}×{w}" for h, w in self.sizes()))
-        return self.sums[size] / self.counts[size]
+        return (self.sums[size] / self.counts[size]).cpu()
 
     def divisor(self, size: tuple[int, int]) -> int:
         """Latent pixels per map pixel for a recorded size (1 = the latent's own resolution)."""

@@ -69,6 +69,32 @@ def mask_to_owner(scores: torch.Tensor, probs: torch.Tensor, groups: list[list[i
     return scores.masked_fill(in_group & ~allowed, float("-inf"))
 
 
+def modulation_bias(q: torch.Tensor, k: torch.Tensor, heads: int, groups: list[list[int]], mask: bool,
+                    column_bias: torch.Tensor) -> torch.Tensor:
+    """The additive mask ``[b, heads, n, T]`` equal to :func:`mask_to_owner` then :func:`reweight`, computed from the
+    entity tokens' scores alone: a group's attention mass is ``Σ_{t∈g} exp(s_t)/Z``, so the owner is the argmax of
+    each group's log-sum-exp (Z cancels). ``column_bias`` ``[T]`` holds the reweighting's ``log w``."""
+    b, n, inner = q.shape
+    t = k.shape[1]
+    out = column_bias.to(device=q.device, dtype=torch.float32).expand(b, heads, n, t).clone()
+    if mask:
+        tokens = sorted({p for g in groups for p in g})
+        d = inner // heads
+        qh = q.float().view(b, n, heads, d).transpose(1, 2)                          # [b, heads, n, d]
+        kg = k[:, tokens].float().view(b, len(tokens), heads, d).transpose(1, 2)     # [b, heads, |G|, d]
+        s = qh @ kg.transpose(-1, -2) * d ** -0.5                                    # [b, heads, n, |G|]
+        where = {p: i for i, p in enumerate(tokens)}
+        lse = torch.stack([s[..., [where[p] for p in g]].logsumexp(dim=-1) for g in groups], dim=-1)
+        owner = lse.argmax(dim=-1)                                                   # [b, heads, n]
+        member = torch.zeros(t, len(groups), dtype=torch.bool, device=q.device)      # [T, G]
+        for gi, g in enumerate(groups):
+            member[g, gi] = True
+        in_group = member.any(dim=-1)                                                # [T]
+        allowed = member.T[owner]                                                    # [b, heads, n, T]
+        out = out.masked_fill(in_group & ~allowed, float("-inf"))
+    return out
+
+
 def reweight(scores: torch.Tensor, columns: list[int], weight: float) -> torch.Tensor:
     """Multiply the probabilities of ``columns`` by ``weight`` and renormalise (``log w`` added to the logits)."""
     if weight == 1.0 or not columns:
@@ -102,19 +128,18 @@ class CrossAttentionModulation:
         mask, w_noun, w_attr = self._active(phase(call))
         return mask or w_noun != 1.0 or w_attr != 1.0
 
-    def edit_scores(self, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
+    def bias(self, q: torch.Tensor, k: torch.Tensor, heads: int, call: LayerCall) -> torch.Tensor:
+        """The additive mask: masking and reweighting on the positive rows, 0 on the others; the host kernel then
+        computes the attention (no explicit probability matrix unless someone observes it)."""
         mask, w_noun, w_attr = self._active(phase(call))
-        rows = positive_index(call, scores.shape[0]).to(scores.device)
-        pos = scores[rows]
-        if mask:
-            pos = mask_to_owner(pos, pos.softmax(dim=-1), self.groups)
-        pos = reweight(reweight(pos, self.nouns, w_noun), self.attributes, w_attr)
-        out = scores.clone()
-        out[rows] = pos
+        column = torch.zeros(k.shape[1])
+        for columns, weight in ((self.nouns, w_noun), (self.attributes, w_attr)):
+            if weight != 1.0 and columns:
+                column[columns] += math.log(weight)
+        rows = positive_index(call, q.shape[0], q.device)
+        out = torch.zeros(q.shape[0], heads, q.shape[1], k.shape[1], device=q.device)
+        out[rows] = modulation_bias(q[rows], k[rows], heads, self.groups, mask, column)
         return out
-
-    def edit_probs(self, probs: torch.Tensor, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
-        return probs
 
 
 class SelfAttentionTemperature:

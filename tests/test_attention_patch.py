@@ -125,3 +125,19 @@ def test_several_positive_chunks_are_averaged_and_none_is_an_error():
     assert positive_rows(probs, call).flatten().tolist() == [5.5]
     with pytest.raises(ValueError, match="no positive chunk"):
         positive_rows(probs[:1], layer_call(torch.zeros(1, 16, 8), options(b=1, cou=(1,))))
+
+
+def test_per_tensor_cache_computes_once_per_object_and_forgets_dead_tensors():
+    import gc
+
+    from attention_align.guidance.attention_patch import PerTensor
+
+    calls = []
+    cache = PerTensor(lambda t: calls.append(1) or float(t.sum()))
+    a = torch.tensor([1.0, 2.0])
+    assert cache(a) == 3.0 and cache(a) == 3.0 and len(calls) == 1
+    b = torch.tensor([1.0, 2.0])                     # equal values, another object
+    assert cache(b) == 3.0 and len(calls) == 2
+    del a
+    gc.collect()
+    assert len(cache.values) == 1

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from attention_align.guidance.attention_patch import CrossAttentionReplace, attention_probs, layer_call, probs_times_v
+from attention_align.guidance.attention_patch import (CrossAttentionReplace, attention_probs, attention_scores,
+                                                      layer_call, probs_times_v)
 from attention_align.guidance.modulation import (CrossAttentionModulation, ModulationSettings,
-                                                 SelfAttentionTemperature, mask_to_owner, reweight)
+                                                 SelfAttentionTemperature, mask_to_owner, modulation_bias, reweight)
 
 SCHEDULE = torch.linspace(14.0, 0.0, 21)            # a 20-step run
 
@@ -100,9 +101,36 @@ def test_phase_curves_switch_at_the_right_steps():
     assert not editor.wants(call(0, b=1, cou=(1,))[1])                                   # negative rows alone
 
 
-def test_only_the_positive_rows_are_edited():
-    editor = CrossAttentionModulation(ModulationSettings(noun_weight=2.0), [[2], [5]], [2, 5], [])
-    scores = torch.randn(2, 2, 16, 10)
-    out = editor.edit_scores(scores, call(0)[1])               # cond_or_uncond = [1, 0]: row 1 is positive
-    assert torch.equal(out[0], scores[0])
-    torch.testing.assert_close(out[1, ..., [2, 5]], scores[1, ..., [2, 5]] + math.log(2.0))
+def test_the_bias_equals_masking_then_reweighting_computed_explicitly():
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(3, 16, 8, generator=g) * 2, torch.randn(3, 10, 8, generator=g) * 2
+    groups, nouns, attrs = [[2, 3], [5, 6, 7]], [3, 7], [2, 5, 6]
+    column = torch.zeros(10)
+    column[nouns] += math.log(1.5)
+    column[attrs] += math.log(0.5)
+    got = (attention_scores(q, k, 2) + modulation_bias(q, k, 2, groups, True, column)).softmax(-1)
+    scores = attention_scores(q, k, 2)
+    reference = reweight(reweight(mask_to_owner(scores, scores.softmax(-1), groups), nouns, 1.5), attrs, 0.5)
+    torch.testing.assert_close(got, reference.softmax(-1))
+
+
+def test_the_replace_runs_the_host_kernel_with_the_bias_on_positive_rows_only():
+    editor = CrossAttentionModulation(ModulationSettings(noun_weight=2.0, mask_until=0.5), [[2], [5]], [2, 5], [])
+    g = torch.Generator().manual_seed(3)
+    q, kv = torch.randn(2, 16, 8, generator=g), torch.randn(2, 10, 8, generator=g)
+    masks = []
+
+    def masked_kernel(q_, k_, v_, heads, mask=None, **kw):
+        masks.append(mask)
+        return probs_times_v((attention_scores(q_, k_, heads) + mask).softmax(-1), v_)
+
+    opts, c = call(0)                                   # cond_or_uncond = [1, 0]: row 1 is positive
+    out = CrossAttentionReplace(masked_kernel, editors=(editor,))(q, kv, kv, opts)
+    bias = masks[0]
+    assert bias.shape == (2, 2, 16, 10) and torch.all(bias[0] == 0)
+    assert torch.isinf(bias[1]).any() and bias[1].isfinite().any()
+    expected = torch.zeros(10)
+    expected[[2, 5]] = math.log(2.0)
+    finite = bias[1].isfinite()
+    torch.testing.assert_close(bias[1][finite], expected.expand(2, 16, 10)[finite])
+    assert out.shape == (2, 16, 8)
