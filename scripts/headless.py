@@ -2,7 +2,7 @@
 
 * :func:`find_comfyui` finds a checkout: ``$COMFYUI_PATH``, else the ComfyUI this repository sits in
   (``ComfyUI/custom_nodes/<pack>``), else ``~/ComfyUI``.
-* :class:`ComfyHost` boots it on the CPU with a private base directory (``--base-directory``): only this pack is in
+* :class:`ComfyHost` boots it (on the CPU unless told otherwise) with a private base directory (``--base-directory``): only this pack is in
   its ``custom_nodes`` (as a symlink, as a user's clone would be), models come from ``<base>/models``. One host per
   process: ComfyUI keeps global state.
 * :meth:`ComfyHost.run` executes an API-format prompt with ComfyUI's own ``PromptExecutor`` and returns every
@@ -63,7 +63,7 @@ class ComfyHost:
 
     _instance: "ComfyHost | None" = None
 
-    def __init__(self, comfy_path: Path, base_dir: Path, pack_dir: Path = REPO_ROOT):
+    def __init__(self, comfy_path: Path, base_dir: Path, pack_dir: Path = REPO_ROOT, cpu: bool = True):
         if ComfyHost._instance is not None:
             raise RuntimeError("ComfyUI can be booted once per process; use ComfyHost.instance")
         ComfyHost._instance = self
@@ -78,7 +78,7 @@ class ComfyHost:
         if str(self.comfy_path) not in sys.path:
             sys.path.insert(0, str(self.comfy_path))
         from comfy.cli_args import args
-        args.cpu = True
+        args.cpu = cpu
         args.base_directory = str(self.base_dir)
         args.disable_auto_launch = True
         import utils.install_util  # noqa: F401  ComfyUI's own utils package, before nodes.py shadows it with comfy/utils

@@ -28,6 +28,19 @@ import sys
 
 QK_GAIN = 1.5
 
+#: the real architectures (as ComfyUI's model_detection lists them), for benchmarks with random weights
+FULL = {
+    "sd15_full": dict(in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+                      transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
+                      use_linear_in_transformer=False, context_dim=768, num_heads=8, num_head_channels=-1,
+                      transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], adm_in_channels=None),
+    "sdxl_full": dict(in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+                      transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
+                      use_linear_in_transformer=True, context_dim=2048, num_heads=-1, num_head_channels=64,
+                      transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], adm_in_channels=2816,
+                      num_classes="sequential"),
+}
+
 LAYOUTS = {
     "tiny": dict(channel_mult=[1, 1, 1], num_res_blocks=[1, 1, 1], transformer_depth=[1, 1, 1],
                  transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 1, 1]),
@@ -56,10 +69,23 @@ def _init_(module, qk_names=("to_q", "to_k", "q_proj", "k_proj"), embed_std=None
                     p.zero_()
 
 
-def build(out_path: str, layout: str = "tiny", fp16: bool = True, seed: int = 0) -> dict:
-    """Write the checkpoint; returns parameter counts. ComfyUI must be importable."""
+def unet_config(arch: str) -> dict:
+    """The UNetModel keyword arguments of an architecture: a tiny SD15-detected layout or a real one."""
+    common = dict(image_size=32, use_spatial_transformer=True, legacy=False, use_checkpoint=False,
+                  use_temporal_resblock=False, use_temporal_attention=False)
+    if arch in FULL:
+        return dict(common, **FULL[arch])
+    if arch in LAYOUTS:
+        return dict(common, in_channels=4, out_channels=4, model_channels=320, context_dim=768,
+                    use_linear_in_transformer=False, adm_in_channels=None, num_heads=8, num_head_channels=-1,
+                    **LAYOUTS[arch])
+    raise ValueError(f"layout '{arch}' is unknown; choose one of {sorted(LAYOUTS) + sorted(FULL)}")
+
+
+def random_state_dict(arch: str = "tiny", fp16: bool = True, seed: int = 0) -> dict:
+    """A checkpoint state dict with random weights (UNet, CLIP-L — plus CLIP-G for SDXL — and TAESD), built from
+    ComfyUI's own classes; ComfyUI must be importable. Weights are created in float16 when ``fp16``."""
     import torch
-    import safetensors.torch
     from comfy.cli_args import args as comfy_args
 
     if "comfy.model_management" not in sys.modules:
@@ -67,31 +93,36 @@ def build(out_path: str, layout: str = "tiny", fp16: bool = True, seed: int = 0)
     import comfy.model_detection
     import comfy.ops
     import comfy.sd1_clip
+    import comfy.sdxl_clip
     import comfy.taesd.taesd
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout '{layout}' is unknown; choose one of {sorted(LAYOUTS)}")
+    dtype = torch.float16 if fp16 else torch.float32
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        cfg = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, context_dim=768,
-                   use_spatial_transformer=True, legacy=False, use_checkpoint=False, use_linear_in_transformer=False,
-                   adm_in_channels=None, num_heads=8, num_head_channels=-1, use_temporal_resblock=False,
-                   use_temporal_attention=False, **LAYOUTS[layout])
         with torch.inference_mode(False):
-            unet = UNetModel(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+            unet = UNetModel(**unet_config(arch), dtype=dtype, device="cpu", operations=comfy.ops.disable_weight_init)
             _init_(unet)
             sd = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+            del unet
+            expected = "SDXL" if arch == "sdxl_full" else "SD15"
             detected = comfy.model_detection.model_config_from_unet_config(
                 comfy.model_detection.detect_unet_config(sd, "model.diffusion_model."), sd)
-            if type(detected).__name__ != "SD15":
-                raise RuntimeError(f"ComfyUI detects this layout as {type(detected).__name__}, not SD15")
-
-            clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
-            _init_(clip.transformer, embed_std=1.0)
-            sd.update({"cond_stage_model.transformer." + k: v for k, v in clip.transformer.state_dict().items()})
-
+            if type(detected).__name__ != expected:
+                raise RuntimeError(f"ComfyUI detects layout {arch} as {type(detected).__name__}, not {expected}")
+            if arch == "sdxl_full":
+                clip = comfy.sdxl_clip.SDXLClipModel(device="cpu", dtype=dtype)
+                _init_(clip, embed_std=1.0)
+                sd.update({"conditioner.embedders.0.transformer." + k: v
+                           for k, v in clip.clip_l.transformer.state_dict().items()})
+                sd.update({"conditioner.embedders.1.model.transformer." + k: v
+                           for k, v in clip.clip_g.transformer.state_dict().items()})
+            else:
+                clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=dtype)
+                _init_(clip.transformer, embed_std=1.0)
+                sd.update({"cond_stage_model.transformer." + k: v for k, v in clip.transformer.state_dict().items()})
+            del clip
             taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
             _init_(taesd)
             with torch.no_grad():
@@ -100,13 +131,19 @@ def build(out_path: str, layout: str = "tiny", fp16: bool = True, seed: int = 0)
             sd.update({"first_stage_model." + k: v for k, v in taesd.state_dict().items()})
     finally:
         torch.random.set_rng_state(gen_state)
+    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
 
-    dtype = torch.float16 if fp16 else torch.float32
-    sd = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+
+def build(out_path: str, layout: str = "tiny", fp16: bool = True, seed: int = 0) -> dict:
+    """Write the checkpoint; returns parameter counts. ComfyUI must be importable."""
+    import safetensors.torch
+
+    sd = random_state_dict(layout, fp16, seed)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     safetensors.torch.save_file(sd, out_path)
     count = lambda prefix: sum(v.numel() for k, v in sd.items() if k.startswith(prefix))  # noqa: E731
-    return {"unet": count("model."), "clip": count("cond_stage_model."), "vae": count("first_stage_model.")}
+    return {"unet": count("model."), "clip": count("cond_stage_model.") + count("conditioner."),
+            "vae": count("first_stage_model.")}
 
 
 def build_controlnet(out_path: str, layout: str = "tiny", seed: int = 1) -> int:
@@ -120,10 +157,10 @@ def build_controlnet(out_path: str, layout: str = "tiny", seed: int = 1) -> int:
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        cfg = dict(image_size=32, in_channels=4, model_channels=320, hint_channels=3, context_dim=768,
-                   use_spatial_transformer=True, legacy=False, use_checkpoint=False, use_linear_in_transformer=False,
-                   adm_in_channels=None, num_heads=8, num_head_channels=-1, **LAYOUTS[layout])
-        cfg.pop("transformer_depth_output")
+        cfg = {k: v for k, v in unet_config(layout).items()
+               if k not in ("out_channels", "transformer_depth_output", "use_temporal_resblock",
+                            "use_temporal_attention")}
+        cfg["hint_channels"] = 3
         with torch.inference_mode(False):
             net = ControlNet(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
             _init_(net)
@@ -138,7 +175,7 @@ def build_controlnet(out_path: str, layout: str = "tiny", seed: int = 1) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
-    ap.add_argument("--layout", default="tiny", choices=sorted(LAYOUTS))
+    ap.add_argument("--layout", default="tiny", choices=sorted(LAYOUTS) + sorted(FULL))
     ap.add_argument("--fp32", action="store_true", help="store float32 (default float16, half the size)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()

@@ -1,0 +1,188 @@
+"""Time and peak memory of every method against plain sampling, in one process and one run.
+
+Builds a random-weight model from ComfyUI's own classes (the tiny test model, or the full SD1.5 / SDXL
+architecture — random weights give honest timings), runs a plain KSampler and each method at the same settings
+(same seed, steps, CFG, sampler), and prints for each: seconds, the ratio to plain, the lower bound of that ratio
+from FLOPs (benchmarks/flops.py, with the refinement iterations actually run), peak memory and its ratio to plain,
+and the per-step loss.
+
+    .venv/bin/python benchmarks/bench_methods.py --arch tiny --size 128 --steps 20            # CPU, seconds
+    .venv/bin/python benchmarks/bench_methods.py --arch sd15_full --size 512 --steps 50       # on a GPU
+    .venv/bin/python benchmarks/bench_methods.py --arch sdxl_full --size 1024 --steps 50      # on a GPU
+
+On a GPU ComfyUI runs the UNet in fp16 (or bf16) with its fastest attention; the pack's probabilities and losses stay
+float32. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU and the process's peak RSS (sampled every 5 ms)
+on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+PROMPT = "a red car and a blue bench"
+METHODS = ["tsam", "tsam_refine", "attend_excite", "attend_excite_refine", "syngen", "attention_regulation",
+           "attention_modulation"]
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA allocator peak, or the process RSS sampled in a thread."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.peak = cuda, 0
+
+    def __enter__(self):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            import psutil
+
+            self._proc, self._stop = psutil.Process(), False
+            self.peak = self._proc.memory_info().rss
+
+            def sample():
+                while not self._stop:
+                    self.peak = max(self.peak, self._proc.memory_info().rss)
+                    time.sleep(0.005)
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop = True
+            self._thread.join()
+        self.seconds = time.perf_counter() - self.t0
+        return False
+
+
+def method_guidance(host, name: str, ta):
+    """The GUIDANCE of a method at its official settings (refinement only in the *_refine variants)."""
+    cls = host.node_class
+    if name.startswith("tsam"):
+        return cls("AttentionAlignTSAM").execute(ta, "paper", 1.0, 5.0, 30, "official" if "refine" in name else "off",
+                                                 0.14, 32).args[0]
+    if name.startswith("attend_excite"):
+        return cls("AttentionAlignAttendExcite").execute(ta, "car, bench", "builtin", "official", 1.0, 20.0, 25,
+                                                         20 if "refine" in name else 0, 32).args[0]
+    if name == "syngen":
+        return cls("AttentionAlignSynGen").execute(ta, "red car; blue bench", "builtin", 1.0, 20.0, 25, 32).args[0]
+    if name == "attention_regulation":
+        return cls("AttentionAlignAttentionRegulation").execute(ta, "car, bench", "builtin", 0, 25, 20, 100.0,
+                                                                32).args[0]
+    if name == "attention_modulation":
+        return cls("AttentionAlignAttentionModulation").execute(ta, "", "builtin", 0.8, 0.3, 0.4, 1.5, 1.5,
+                                                                0.5).args[0]
+    raise ValueError(f"unknown method {name}; choose from {', '.join(METHODS)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", default="tiny", help="tiny (CPU), sd15_full or sdxl_full (random weights)")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=7.5)
+    ap.add_argument("--sampler", default="euler")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run plain and every method this many times, interleaved; report the medians")
+    ap.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    a = ap.parse_args()
+
+    import torch
+
+    import flops
+    import headless
+    import tiny_checkpoint
+
+    cuda = torch.cuda.is_available() and not a.cpu
+    comfy = headless.find_comfyui()
+    if comfy is None:
+        sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    host = headless.ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_bench_")), cpu=not cuda)
+    import comfy.sd
+    import folder_paths
+    import nodes as comfy_nodes
+
+    t0 = time.perf_counter()
+    sd = tiny_checkpoint.random_state_dict(a.arch, fp16=True)
+    model, clip, _vae, _ = comfy.sd.load_state_dict_guess_config(
+        sd, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    del sd
+    print(f"model {a.arch}: built and loaded in {time.perf_counter() - t0:.0f} s; device "
+          f"{torch.cuda.get_device_name() if cuda else 'CPU'}; UNet dtype {model.model.get_dtype()}")
+    ta, _, positive = host.node_class("AttentionAlignTextSelfAttention").execute(clip, PROMPT, "auto", 3.0).args
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    counts = flops.unet_flops(a.arch, a.size, 32)
+    cost = flops.pass_cost(counts)
+    guided = host.pack_module("nodes._guided")
+
+    def run(m, label):
+        latent = {"samples": torch.zeros(1, 4, a.size // 8, a.size // 8)}
+        with PeakMemory(cuda) as pm:
+            comfy_nodes.common_ksampler(m, 1, a.steps, a.cfg, a.sampler, "normal", positive, negative, latent)
+        return pm.seconds, pm.peak
+
+    run(model, "warm-up")                                          # loads the model onto the device
+    names = a.methods.split(",")
+    patched = {name: guided.guided_model(model, method_guidance(host, name, ta)) for name in names}
+    timings: dict[str, list[tuple[float, int]]] = {"plain": [], **{name: [] for name in names}}
+    for _ in range(a.repeats):                                     # interleaved, so drifts hit every method alike
+        timings["plain"].append(run(model, "plain"))
+        for name in names:
+            timings[name].append(run(patched[name][0], name))
+
+    def median(name):
+        ordered = sorted(timings[name])
+        return ordered[len(ordered) // 2]
+
+    plain_s, plain_mem = median("plain")
+    rows = [{"method": "plain", "seconds": plain_s, "ratio": 1.0, "bound": 1.0, "peak_mib": plain_mem / 2 ** 20,
+             "mem_ratio": 1.0}]
+    print(f"{'method':24s} {'s':>8s} {'ratio':>7s} {'bound':>7s} {'peak MiB':>9s} {'mem':>6s}  notes")
+    print(f"{'plain':24s} {plain_s:8.2f} {1:7.3f} {1:7.3f} {plain_mem / 2 ** 20:9.0f} {1:6.3f}")
+    for name in names:
+        log = patched[name][1]
+        seconds, peak = median(name)
+        iterations = sum(int(r.iterations.max()) for r in log.steps if r.iterations is not None)
+        gradient = log.path != "attention edit"
+        n_guided = len(log.steps) if gradient else 0
+        bound = flops.bound(cost, a.steps, n_guided, iterations, 2 if a.cfg != 1 else 1)
+        losses = [round(float(r.loss_before.mean()), 4) for r in log.steps]
+        note = (f"{n_guided} guided steps, {iterations} refinement iterations; loss per step {losses[:6]}"
+                f"{'…' if len(losses) > 6 else ''}") if gradient else \
+            (f"regulation loss per step (before→best) "
+             f"{[(round(float(r.losses[0]), 3), round(float(r.losses[-1]), 3)) for r in log.steps[:3]]}…"
+             if log.steps else "no loss (attention edit)")
+        rows.append({"method": name, "seconds": seconds, "ratio": seconds / plain_s, "bound": bound,
+                     "peak_mib": peak / 2 ** 20, "mem_ratio": peak / plain_mem, "guided_steps": n_guided,
+                     "refinement_iterations": iterations, "loss_per_step": losses})
+        print(f"{name:24s} {seconds:8.2f} {seconds / plain_s:7.3f} {bound:7.3f} {peak / 2 ** 20:9.0f} "
+              f"{peak / plain_mem:6.3f}  {note}")
+    print(f"one gradient pass = {cost:.3f} UNet forwards (truncated forward {counts['truncated'] / counts['full']:.1%}"
+          f" + input backward {counts['backward'] / counts['full']:.1%} of a full forward, FLOPs)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "device": "cuda" if cuda else "cpu",
+                                            "pass_cost": cost, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""FLOPs of ComfyUI's UNet for the gradient pass, counted on meta tensors (no memory, no weights, no GPU).
+
+Measures, for one architecture, latent size and loss level, with ``torch.utils.flop_counter``:
+  * a full forward (batch 1);
+  * the truncated forward the pack's gradient pass runs (it stops after the last cross-attention layer at the loss's
+    level, through the same ``StopForward`` mechanism, with explicit probabilities at that level's layers);
+  * the backward of the truncated pass to the input latent only (the weights are frozen).
+From these: the cost of one gradient pass in forwards, and the lower bound of a guided run's time,
+``(c·N + g·(G + R)) / (c·N)`` for N steps of c forwards each (c = 2 with CFG), G guided steps, R refinement iterations.
+
+    .venv/bin/python benchmarks/flops.py --arch sd15_full --size 512
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def pack():
+    """The pack's guidance package (pure torch), imported without ComfyUI's loader."""
+    import importlib.util
+
+    if "attention_align" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("attention_align", ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["attention_align"] = module
+        spec.loader.exec_module(module)
+    import attention_align.guidance.attention_patch as attention_patch
+    import attention_align.guidance.engine as engine
+    return attention_patch, engine
+
+
+def unet_flops(arch: str, size: int, level: int = 32) -> dict:
+    """FLOP counts (multiply-adds × 2) of the full forward, the truncated forward and its input backward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import headless
+    import tiny_checkpoint
+
+    comfy_path = headless.find_comfyui()
+    if comfy_path is None:
+        raise SystemExit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    if str(comfy_path) not in sys.path:
+        sys.path.insert(0, str(comfy_path))
+    from comfy.cli_args import args
+
+    if "comfy.model_management" not in sys.modules:
+        args.cpu = True
+    import comfy.ldm.modules.attention as comfy_attention
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    attention_patch, engine = pack()
+    cfg = tiny_checkpoint.unet_config(arch)
+    unet = UNetModel(**cfg, dtype=torch.float32, device="meta", operations=comfy.ops.disable_weight_init)
+    layers = _layers_at(unet, level // 8)
+    h = w = size // 8
+    x = torch.empty(1, 4, h, w, device="meta")
+    t = torch.zeros(1, device="meta")
+    ctx = torch.empty(1, 77, cfg["context_dim"], device="meta")
+    y = torch.empty(1, cfg["adm_in_channels"], device="meta") if cfg.get("adm_in_channels") else None
+
+    def basic(func, *a, **kw):                      # plain matmul attention everywhere (countable on meta)
+        return comfy_attention.attention_basic(*a, **kw)
+
+    def options(store=None):
+        replace = attention_patch.CrossAttentionReplace(comfy_attention.attention_basic)
+        to = {"optimized_attention_override": basic,
+              "patches_replace": {"attn2": {key: replace for key in layers}}}
+        if store is not None:
+            to[attention_patch.PASS_KEY] = {"grad_pass": True, "observers": [store]}
+        return to
+
+    with torch.no_grad(), FlopCounterMode(display=False) as full:
+        unet(x, timesteps=t, context=ctx, y=y, transformer_options=options())
+    z = x.clone().requires_grad_(True)
+    store = engine.PassMaps(level // 8, expected=len(layers))
+    with torch.enable_grad(), FlopCounterMode(display=False) as forward:
+        try:
+            unet(z, timesteps=t, context=ctx, y=y, transformer_options=options(store))
+        except engine.StopForward:
+            pass
+        loss = store.maps().sum()
+    with FlopCounterMode(display=False) as backward:
+        torch.autograd.grad(loss, z)
+    return {"arch": arch, "size": size, "level": level, "layers": len(layers), "last_layer": layers[-1],
+            "full": full.get_total_flops(), "truncated": forward.get_total_flops(),
+            "backward": backward.get_total_flops()}
+
+
+def _layers_at(unet, downsample: int) -> list[tuple[str, int, int]]:
+    """attn2 replace keys at one downsampling factor, in forward order (as nodes/_unet.py finds them)."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+
+    found, ds = [], 1
+
+    def walk(name, blocks, ds):
+        for number, block in enumerate(blocks):
+            for module in block:
+                if isinstance(module, SpatialTransformer) and ds == downsample:
+                    found.extend((name, number, d) for d in range(len(module.transformer_blocks)))
+                elif isinstance(module, Downsample):
+                    ds *= 2
+                elif isinstance(module, Upsample):
+                    ds //= 2
+        return ds
+
+    ds = walk("input", unet.input_blocks, ds)
+    walk("middle", [unet.middle_block], ds)
+    walk("output", unet.output_blocks, ds)
+    return found
+
+
+def pass_cost(counts: dict) -> float:
+    """One gradient pass (truncated forward + input backward) in full forwards."""
+    return (counts["truncated"] + counts["backward"]) / counts["full"]
+
+
+def bound(cost: float, steps: int, guided: int, refinement_iterations: int = 0, cfg_forwards: int = 2) -> float:
+    """Lower bound of the guided/plain time ratio from FLOPs alone."""
+    return (cfg_forwards * steps + cost * (guided + refinement_iterations)) / (cfg_forwards * steps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="FLOP fractions of the truncated gradient pass")
+    ap.add_argument("--arch", default="sd15_full", help="tiny, sd15, sd15_full or sdxl_full")
+    ap.add_argument("--size", type=int, default=512, help="image size in px")
+    ap.add_argument("--level", type=int, default=32, help="image divisor of the loss's maps")
+    a = ap.parse_args()
+    c = unet_flops(a.arch, a.size, a.level)
+    cost = pass_cost(c)
+    print(f"{a.arch} @ {a.size}px, loss at image ÷{a.level} ({c['layers']} layers, last {c['last_layer']}):")
+    print(f"  full forward {c['full'] / 1e9:.1f} GFLOP; truncated forward {c['truncated'] / c['full']:.1%} of it; "
+          f"input backward {c['backward'] / c['full']:.1%}; one gradient pass = {cost:.3f} forwards")
+    for guided, label in ((25, "A&E / SynGen (25 of 50)"), (30, "T-SAM (30 of 50)")):
+        print(f"  bound {label}, 50 steps, CFG: {bound(cost, 50, guided):.3f}×, "
+              f"+{cost / 100:.2%} per refinement iteration")
+
+
+if __name__ == "__main__":
+    main()

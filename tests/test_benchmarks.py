@@ -1,0 +1,46 @@
+"""The benchmark tooling: FLOP fractions of the truncated gradient pass, the bound formula, and a smoke run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_bound_formula():
+    import flops
+
+    assert flops.bound(1.28, 50, 25) == pytest.approx(1.32)              # the issue's SD1.5 estimate
+    assert flops.bound(1.28, 50, 25, refinement_iterations=1) - flops.bound(1.28, 50, 25) == pytest.approx(0.0128)
+    assert flops.bound(1.0, 10, 5, cfg_forwards=1) == pytest.approx(1.5)
+    assert flops.pass_cost({"full": 10.0, "truncated": 4.0, "backward": 5.0}) == pytest.approx(0.9)
+
+
+def test_truncation_flops_follow_the_forward_order(host):
+    """Stopping after the last ÷32 layer costs less than stopping after the last ÷16 layer (later in the tiny
+    UNet's decoder), which costs less than a full forward."""
+    import flops
+
+    coarse, fine = flops.unet_flops("tiny", 128, 32), flops.unet_flops("tiny", 128, 16)
+    assert coarse["full"] == fine["full"] > fine["truncated"] > coarse["truncated"] > 0
+    assert coarse["last_layer"] == ("output", 1, 0) and fine["last_layer"] == ("output", 3, 0)
+    assert 0 < coarse["backward"] < coarse["full"]
+
+
+def test_benchmark_runs_and_reports_every_method(comfy_path, tmp_path):
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"), "--arch", "tiny", "--size",
+                          "64", "--steps", "3", "--methods", "tsam_refine,syngen,attention_modulation", "--json",
+                          str(out)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "COMFYUI_PATH": str(comfy_path)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"plain", "tsam_refine", "syngen", "attention_modulation"}
+    assert rows["tsam_refine"]["guided_steps"] == 2 and rows["tsam_refine"]["refinement_iterations"] > 0
+    assert rows["tsam_refine"]["bound"] > rows["syngen"]["bound"] > 1.0 == rows["attention_modulation"]["bound"]
+    assert all(r["seconds"] > 0 and r["peak_mib"] > 0 for r in rows.values())
+    assert "one gradient pass" in res.stdout
