@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .method import GradientGuidance
 from .smoothing import smooth_maps
 
 
@@ -63,8 +64,6 @@ def attend_excite_guidance(subjects: list[tuple[int, ...]], eos_index: int, norm
     """A&E with the official configuration (config.py): α = 20·√linspace(1, 0.5), updates at i < 25 of 50,
     refinement at steps {0: 0.05, 10: 0.5, 20: 0.8} (loss target 1 − thr) with at most 20 iterations, entered only
     when the loss is above the target."""
-    from .method import GradientGuidance
-
     thresholds = {0: 0.05, 10: 0.5, 20: 0.8} if thresholds is None else thresholds
     return GradientGuidance(
         objective=AttendExciteObjective(subjects, eos_index, normalize_eot, downsample, context),

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .method import GradientGuidance
+
 Group = list[tuple[int, ...]]   # words (token positions each) of one entity: modifiers first, the noun last
 
 
@@ -90,7 +92,5 @@ class SynGenObjective:
 def syngen_guidance(groups: list[Group], eos_index: int, strength: float = 1.0, scale: float = 20.0,
                     guided_paper_steps: float = 25, downsample: int = 4, context: torch.Tensor | None = None):
     """SynGen with the official configuration (run.py): constant step 20, updates at i < 25 of 50, no refinement."""
-    from .method import GradientGuidance
-
     return GradientGuidance(objective=SynGenObjective(groups, eos_index, downsample, context),
                             guided_paper_steps=guided_paper_steps, scale=scale, decay=False, strength=strength)

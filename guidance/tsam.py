@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .method import GradientGuidance
 from .smoothing import smooth_maps
 
 VARIANTS = ("paper", "cosine")
@@ -106,8 +107,6 @@ def tsam_guidance(target: torch.Tensor, eos_index: int, prompt: str = "", varian
     """T-SAM with the released configuration (config.yaml): α = 5·√linspace(1, 0.5), updates at i < 30 of 50,
     refinement at steps 0/10/20 with threshold 0.14·(L−1) — up to 30 iterations, giving up at iteration 20 if still
     above it (``official``), or stopping once below it (``until_threshold``), or none (``off``)."""
-    from .method import GradientGuidance
-
     n = eos_index - 1
     if n < 2:
         raise ValueError(f"text_attention: T-SAM compares pairs of prompt tokens, but '{prompt}' has {n} token; "

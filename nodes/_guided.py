@@ -1,4 +1,5 @@
-"""Attaching gradient guidance to a model clone (shared by the MODEL-patch node and the Guided KSampler)."""
+"""Attaching a GUIDANCE to a model clone — gradient guidance (T-SAM, A&E, SynGen) or an attention edit (Attention
+Regulation, Attention Modulation) — shared by the Apply Guidance node and the Guided KSampler."""
 from __future__ import annotations
 
 import torch

@@ -187,7 +187,6 @@ class GradientPass:
         mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if self.has_control and with_grad \
             else contextlib.nullcontext()
         with torch.inference_mode(False), torch.set_grad_enabled(with_grad), mutation_ok:
-            deinference_(self.base_model.diffusion_model)
             sigma = self.sigma.detach().clone()
             x_in = x_in.detach().clone()
             c_in = self.base_model.model_sampling.calculate_input(sigma, torch.ones_like(x_in))
@@ -224,6 +223,7 @@ class GuidedRun:
         self.expected_layers = expected_layers
         self.plan = guidance.plan(total_steps)
         self.pbar = None
+        self.weights_ready = False
 
     def _progress(self, k: int, total: int) -> None:
         if self.pbar is None or self.pbar.total != total:
@@ -233,6 +233,9 @@ class GuidedRun:
     def step(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor, extra_args: dict) -> torch.Tensor:
         """The guided step i on x (k-diffusion space); returns the new latent."""
         sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma   # σ per sample, [B]
+        if not self.weights_ready:                 # once per run: the weights do not change during sampling
+            deinference_(model_k.inner_model.inner_model.diffusion_model)
+            self.weights_ready = True
         gp = GradientPass(model_k, sigma, extra_args, self.guidance, self.check, self.expected_layers)
         self.check = None  # once per run
         x_new, rec = guided_step(x, i, float(sigma.reshape(-1)[0]), self.plan, gp,
