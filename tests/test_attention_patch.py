@@ -104,6 +104,24 @@ def test_per_pass_observers_and_gradients_through_probs():
     assert torch.autograd.gradcheck(lambda x: CrossAttentionReplace(kernel)(x, k, v, opts), (q,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_gets_float32_probs_and_a_gradient(dtype):
+    """The fast path's precision rule: the UNet runs in fp16/bf16, the probabilities (and so the loss) are fp32."""
+    torch.manual_seed(1)
+    q32, k32, v32 = torch.randn(1, 16, 8), torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    q = q32.to(dtype).requires_grad_(True)
+    spy = Spy()
+    opts = options(b=1, cou=(0,), **{PASS_KEY: {"grad_pass": True, "observers": [spy]}})
+    out = CrossAttentionReplace(kernel)(q, k32.to(dtype), v32.to(dtype), opts)
+    probs, _ = spy.seen[0]
+    assert probs.dtype == torch.float32 and out.dtype == dtype
+    expected = attention_probs(q32.to(dtype).double(), k32.to(dtype).double(), HEADS)   # same rounded inputs, fp64
+    torch.testing.assert_close(probs.double(), expected, atol=1e-6, rtol=1e-5)         # fp32 accuracy, not half's
+    (probs[..., 2].sum() * 1.0).backward()
+    assert q.grad is not None and q.grad.dtype == dtype and torch.isfinite(q.grad.float()).all()
+    assert q.grad.float().abs().sum() > 0
+
+
 def test_replace_survives_clone_deepcopy_and_is_immutable():
     a, b = Spy(), Spy()
     rep = CrossAttentionReplace(kernel, (a,))
