@@ -10,12 +10,15 @@ its input and attention that is almost uniform, so tests on it could hardly fail
 attention query/key projections get ``gain = QK_GAIN`` so text and cross-attention maps are peaked and depend on the
 latent and the prompt.
 
-Layouts (all detected as SD15):
+Layouts detected as SD15:
   tiny  3 levels (latent ÷1, ÷2, ÷4), one res block and one transformer per level, middle transformer: 10 attn2
         layers; at 128 px the ÷4 level is 4×4 (the "image ÷ 32" level T-SAM and A&E use at 16×16 for 512 px).
   sd15  SD1.5's block numbering (attn2 at input 1,2,4,5,7,8, middle, output 3..11), every level at 320 channels.
 
-Usage: python scripts/tiny_checkpoint.py OUT.safetensors [--layout tiny|sd15] [--fp32] [--seed N]
+Other families (small UNets, full-size text encoders; see FAMILIES): tiny_sd2 (SD20, CLIP-H), tiny_sdxl (SDXL,
+CLIP-L + CLIP-G). Real architectures with random weights, for benchmarks: sd15_full, sdxl_full.
+
+Usage: python scripts/tiny_checkpoint.py OUT.safetensors [--layout tiny|sd15|tiny_sd2|tiny_sdxl|…] [--fp32] [--seed N]
 ComfyUI must be importable (run with the ComfyUI checkout on PYTHONPATH, or call :func:`build` from a process that
 already imported it).
 """
@@ -40,6 +43,24 @@ FULL = {
                       transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], adm_in_channels=2816,
                       num_classes="sequential"),
 }
+
+#: small UNets of the other families, detected by ComfyUI as SD2.x (SD20) and SDXL; their text encoders are full
+#: size (ComfyUI's CLIP configs are fixed): CLIP-H for SD2.x, CLIP-L + CLIP-G for SDXL
+FAMILIES = {
+    "tiny_sd2": dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1, 1, 1],
+                     num_res_blocks=[1, 1, 1], transformer_depth=[1, 1, 1], transformer_depth_middle=1,
+                     transformer_depth_output=[1, 1, 1, 1, 1, 1], use_linear_in_transformer=True,
+                     context_dim=1024, num_heads=-1, num_head_channels=64, adm_in_channels=None),
+    # SDXL's detector fixes the per-block transformer depths [0, 0, 2, 2, 10, 10], not the widths
+    "tiny_sdxl": dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1, 1, 1],
+                      num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=1,
+                      transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_linear_in_transformer=True,
+                      context_dim=2048, num_heads=-1, num_head_channels=64, adm_in_channels=2816,
+                      num_classes="sequential"),
+}
+
+#: the model class ComfyUI must detect for each architecture
+DETECTED = {"sdxl_full": "SDXL", "tiny_sdxl": "SDXL", "tiny_sd2": "SD20"}
 
 LAYOUTS = {
     "tiny": dict(channel_mult=[1, 1, 1], num_res_blocks=[1, 1, 1], transformer_depth=[1, 1, 1],
@@ -73,13 +94,13 @@ def unet_config(arch: str) -> dict:
     """The UNetModel keyword arguments of an architecture: a tiny SD15-detected layout or a real one."""
     common = dict(image_size=32, use_spatial_transformer=True, legacy=False, use_checkpoint=False,
                   use_temporal_resblock=False, use_temporal_attention=False)
-    if arch in FULL:
-        return dict(common, **FULL[arch])
+    if arch in FULL or arch in FAMILIES:
+        return dict(common, **FULL.get(arch, FAMILIES.get(arch)))
     if arch in LAYOUTS:
         return dict(common, in_channels=4, out_channels=4, model_channels=320, context_dim=768,
                     use_linear_in_transformer=False, adm_in_channels=None, num_heads=8, num_head_channels=-1,
                     **LAYOUTS[arch])
-    raise ValueError(f"layout '{arch}' is unknown; choose one of {sorted(LAYOUTS) + sorted(FULL)}")
+    raise ValueError(f"layout '{arch}' is unknown; choose one of {sorted(LAYOUTS) + sorted(FAMILIES) + sorted(FULL)}")
 
 
 def random_state_dict(arch: str = "tiny", fp16: bool = True, seed: int = 0) -> dict:
@@ -95,6 +116,7 @@ def random_state_dict(arch: str = "tiny", fp16: bool = True, seed: int = 0) -> d
     import comfy.sd1_clip
     import comfy.sdxl_clip
     import comfy.taesd.taesd
+    import comfy.text_encoders.sd2_clip
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     dtype = torch.float16 if fp16 else torch.float32
@@ -106,18 +128,23 @@ def random_state_dict(arch: str = "tiny", fp16: bool = True, seed: int = 0) -> d
             _init_(unet)
             sd = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
             del unet
-            expected = "SDXL" if arch == "sdxl_full" else "SD15"
+            expected = DETECTED.get(arch, "SD15")
             detected = comfy.model_detection.model_config_from_unet_config(
                 comfy.model_detection.detect_unet_config(sd, "model.diffusion_model."), sd)
             if type(detected).__name__ != expected:
                 raise RuntimeError(f"ComfyUI detects layout {arch} as {type(detected).__name__}, not {expected}")
-            if arch == "sdxl_full":
+            if expected == "SDXL":
                 clip = comfy.sdxl_clip.SDXLClipModel(device="cpu", dtype=dtype)
                 _init_(clip, embed_std=1.0)
                 sd.update({"conditioner.embedders.0.transformer." + k: v
                            for k, v in clip.clip_l.transformer.state_dict().items()})
                 sd.update({"conditioner.embedders.1.model.transformer." + k: v
                            for k, v in clip.clip_g.transformer.state_dict().items()})
+            elif expected == "SD20":
+                clip = comfy.text_encoders.sd2_clip.SD2ClipHModel(device="cpu", dtype=dtype)
+                _init_(clip.transformer, embed_std=1.0)
+                sd.update({"cond_stage_model.model.transformer." + k: v
+                           for k, v in clip.transformer.state_dict().items()})
             else:
                 clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=dtype)
                 _init_(clip.transformer, embed_std=1.0)
@@ -175,7 +202,7 @@ def build_controlnet(out_path: str, layout: str = "tiny", seed: int = 1) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
-    ap.add_argument("--layout", default="tiny", choices=sorted(LAYOUTS) + sorted(FULL))
+    ap.add_argument("--layout", default="tiny", choices=sorted(LAYOUTS) + sorted(FAMILIES) + sorted(FULL))
     ap.add_argument("--fp32", action="store_true", help="store float32 (default float16, half the size)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import safetensors.torch
 import torch
-import torch.nn.functional as F
 
+from clip_reference import clip_reference_attention
 from conftest import PROMPT, ROOT
 
 
@@ -77,33 +77,6 @@ def test_pack_loads_from_any_folder_name(tmp_path, comfy_path, host):
     assert res.stdout.strip().splitlines()[-1] == str(pack_node_ids(host))
 
 
-def clip_reference_attention(state_dict: dict, ids: list[int]) -> torch.Tensor:
-    """Self-attention of every layer and head of CLIP-L, computed by hand from the checkpoint's weights:
-    embeddings, then per layer LN → q/k/v projections → causal softmax(qkᵀ/√d) → out proj → residual → MLP."""
-    p = "cond_stage_model.transformer.text_model."
-    w = lambda k: state_dict[p + k].float()  # noqa: E731
-    t = len(ids)
-    x = w("embeddings.token_embedding.weight")[torch.tensor(ids)] + w("embeddings.position_embedding.weight")[:t]
-    causal = torch.full((t, t), float("-inf")).triu(1)
-    heads, d = 12, 64
-    out = []
-    for i in range(12):
-        layer = f"encoder.layers.{i}."
-        h = F.layer_norm(x, (768,), w(layer + "layer_norm1.weight"), w(layer + "layer_norm1.bias"), eps=1e-5)
-        proj = lambda name, v: v @ w(layer + f"self_attn.{name}.weight").T + w(layer + f"self_attn.{name}.bias")  # noqa: E731
-        q, k, v = proj("q_proj", h), proj("k_proj", h), proj("v_proj", h)
-        probs = torch.stack([torch.softmax(q[:, j * d:(j + 1) * d] @ k[:, j * d:(j + 1) * d].T / d ** 0.5 + causal, -1)
-                             for j in range(heads)])                                     # [heads, T, T]
-        out.append(probs)
-        o = torch.cat([probs[j] @ v[:, j * d:(j + 1) * d] for j in range(heads)], dim=-1)
-        x = x + proj("out_proj", o)
-        h2 = F.layer_norm(x, (768,), w(layer + "layer_norm2.weight"), w(layer + "layer_norm2.bias"), eps=1e-5)
-        m = h2 @ w(layer + "mlp.fc1.weight").T + w(layer + "mlp.fc1.bias")
-        m = m * torch.sigmoid(1.702 * m)                                                 # quick_gelu
-        x = x + m @ w(layer + "mlp.fc2.weight").T + w(layer + "mlp.fc2.bias")
-    return torch.stack(out)                                                              # [layers, heads, T, T]
-
-
 def test_text_attention_equals_independent_computation_from_the_weights(host, tiny_ckpt, loaded):
     _, clip, _ = loaded
     out = host.run({"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_ckpt}},
@@ -112,7 +85,7 @@ def test_text_attention_equals_independent_computation_from_the_weights(host, ti
     ta, image, conditioning = out["text"]
     ids = [tok for tok, _ in clip.tokenize(PROMPT)["l"][0]]
     sd = safetensors.torch.load_file(str(host.checkpoint_path(tiny_ckpt)))
-    ref = clip_reference_attention(sd, ids)
+    ref = clip_reference_attention(sd, "cond_stage_model.transformer.text_model.", ids)
     assert ta.encoder == "clip_l" and ta.probs.shape == (12, 12, 77, 77)
     torch.testing.assert_close(ta.probs, ref, rtol=0, atol=2e-4)
     # the maps are far from uniform, so the comparison above could fail on a wrong layer or head
