@@ -258,6 +258,44 @@ def test_controlnet_in_the_graph_is_made_safe(env, host):
     assert log.steps[0].loss_before != log_without.steps[0].loss_before   # the residuals reach the gradient pass
 
 
+def random_lora(model, rank=4, scale=0.5, seed=2) -> dict:
+    """A LoRA in ComfyUI's generic key format on every attn2 to_q/to_k/to_v of the UNet (random up/down)."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for key, weight in model.model.diffusion_model.state_dict().items():
+        if "attn2.to_" in key and key.endswith(".weight") and "to_out" not in key:
+            out_f, in_f = weight.shape
+            name = "diffusion_model." + key[:-len(".weight")]
+            lora[name + ".lora_up.weight"] = torch.randn(out_f, rank, generator=g) * scale / rank ** 0.5
+            lora[name + ".lora_down.weight"] = torch.randn(rank, in_f, generator=g) / in_f ** 0.5
+    return lora
+
+
+def test_a_lora_reaches_the_gradient_pass_and_every_model_stays_as_it_was(env):
+    """LoRA patches live in the shared model's weights while a clone samples; the gradient pass must see them, and
+    sampling the base model or the LoRA model afterwards must give exactly what it gave before."""
+    import comfy.sd
+
+    lora_model, _ = comfy.sd.load_lora_for_models(env.model, None, random_lora(env.model), 1.0, 0.0)
+    assert len(lora_model.patches) > 0
+    base_before = sample(env, env.model, "euler", size=128, steps=3)
+    lora_before = sample(env, lora_model, "euler", size=128, steps=3)
+    assert not torch.equal(base_before, lora_before)                       # the LoRA does act
+
+    m, log_lora = env.G.guided_model(lora_model, tsam(env, 0.0))
+    assert torch.equal(sample(env, m, "euler", size=128, steps=3), lora_before)   # strength 0 = stock, with LoRA
+    m, log_base = env.G.guided_model(env.model, tsam(env, 0.0))
+    sample(env, m, "euler", size=128, steps=3)
+    assert not torch.equal(log_lora.steps[0].loss_before, log_base.steps[0].loss_before)   # the pass saw the LoRA
+
+    m, log = env.G.guided_model(lora_model, tsam(env, 10.0), verify=True)
+    guided = sample(env, m, "euler", size=128, steps=3)
+    assert not torch.equal(guided, lora_before)
+    assert all(torch.all(r.loss_after < r.loss_before) for r in log.steps)
+    assert torch.equal(sample(env, env.model, "euler", size=128, steps=3), base_before)
+    assert torch.equal(sample(env, lora_model, "euler", size=128, steps=3), lora_before)
+
+
 def test_interrupt_stops_guidance_and_restores_everything(env):
     import comfy.model_management
     import comfy.sample
