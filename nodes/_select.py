@@ -40,25 +40,41 @@ def automatic(ta: TextAttention, parser: str) -> Selection:
     raise ValueError(f"parser: '{parser}' is not one of {', '.join(PARSERS)}")
 
 
-def subjects_for(ta: TextAttention, spec: str, parser: str) -> tuple[list[Word], str]:
-    """Attend-and-Excite subjects and a description of them."""
+def subjects_for(ta: TextAttention, spec: str, parser: str, input_name: str = "subjects") -> tuple[list[Word], str]:
+    """Attend-and-Excite subjects (or Attention Regulation's targets) and a description of them; errors and the
+    description name ``input_name``."""
     if spec.strip():
-        words = parse_subjects(spec, ta.words)
-        return words, "subjects: " + Selection(words, []).subjects_text()
+        words = parse_subjects(spec, ta.words, input_name)
+        return words, f"{input_name}: " + Selection(words, []).subjects_text()
     sel = automatic(ta, parser)
     if not sel.entities:
-        raise NothingFound(f"subjects: no nouns were found automatically in '{ta.prompt}'; type the subject words, "
-                         "e.g. 'cat, dog'")
-    return sel.entities, f"subjects ({parser}): " + sel.subjects_text()
+        raise NothingFound(f"{input_name}: no nouns were found automatically in '{ta.prompt}'; type the words, "
+                           "e.g. 'cat, dog'")
+    return sel.entities, f"{input_name} ({parser}): " + sel.subjects_text()
 
 
-def groups_for(ta: TextAttention, spec: str, parser: str) -> tuple[list[list[Word]], str]:
-    """SynGen groups (modifiers first, noun last) and a description of them."""
+def groups_for(ta: TextAttention, spec: str, parser: str, input_name: str = "groups") -> tuple[list[list[Word]], str]:
+    """SynGen groups (modifiers first, noun last) and a description of them; errors and the description name
+    ``input_name``."""
     if spec.strip():
-        groups = parse_groups(spec, ta.words)
-        return groups, "groups: " + Selection([], groups).groups_text()
+        groups = parse_groups(spec, ta.words, input_name)
+        return groups, f"{input_name}: " + Selection([], groups).groups_text()
     sel = automatic(ta, parser)
     if not sel.groups:
-        raise NothingFound(f"groups: no modifier–noun pairs were found automatically in '{ta.prompt}'; type them, "
-                         "e.g. 'red car; blue bench'")
-    return sel.groups, f"groups ({parser}): " + sel.groups_text()
+        raise NothingFound(f"{input_name}: no modifier–noun pairs were found automatically in '{ta.prompt}'; type "
+                           "them, e.g. 'red car; blue bench'")
+    return sel.groups, f"{input_name} ({parser}): " + sel.groups_text()
+
+
+def entities_for(ta: TextAttention, spec: str, parser: str, input_name: str = "entities") -> tuple[list[list[Word]], str]:
+    """Attention Modulation's entity groups (modifiers first, noun last) and a description of them.
+
+    Typed: SynGen's group syntax. Automatic: every entity noun, with its modifiers when the noun heads a group
+    (a bare noun is a group of one)."""
+    if spec.strip():
+        return groups_for(ta, spec, parser, input_name)
+    sel = automatic(ta, parser)
+    by_head = {g[-1]: g for g in sel.groups}
+    groups = [by_head.get(head, [head]) for head in sel.entities]
+    listed = "; ".join(" ".join(w.label for w in g) for g in groups) or "none found"
+    return groups, f"{input_name} ({parser}): {listed}"

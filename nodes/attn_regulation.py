@@ -48,8 +48,8 @@ class AttentionRegulationGuidance(io.ComfyNode):
     def execute(cls, text_attention, targets: str, parser: str, seed: int, edit_steps: int, iterations: int,
                 learning_rate: float, level: int) -> io.NodeOutput:
         ta = text_attention
-        words, text = subjects_for(ta, targets, parser)
+        words, text = subjects_for(ta, targets, parser, "targets")
         positions = [p for w in words for p in w.positions]
         editor = AttentionRegulation(positions, ta.eos_index, seed, edit_steps, iterations, learning_rate)
         guidance = AttentionEditGuidance("Attention Regulation", editor, level // VAE_FACTOR, context=ta.context)
-        return io.NodeOutput(guidance, text.replace("subjects", "targets", 1))
+        return io.NodeOutput(guidance, text)

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..guidance.method import AttentionEditGuidance
 from ..guidance.modulation import CrossAttentionModulation, ModulationSettings
 from . import _inputs
-from ._select import automatic, groups_for
+from ._select import entities_for
 from .types import CATEGORY, GuidanceType
 
 
@@ -49,14 +49,7 @@ class AttentionModulationGuidance(io.ComfyNode):
     def execute(cls, text_attention, entities: str, parser: str, temperature: float, temperature_until: float,
                 mask_until: float, noun_weight: float, attribute_weight: float, switch: float) -> io.NodeOutput:
         ta = text_attention
-        if entities.strip():
-            groups, text = groups_for(ta, entities, parser)
-        else:
-            sel = automatic(ta, parser)
-            by_head = {g[-1]: g for g in sel.groups}
-            groups = [by_head.get(head, [head]) for head in sel.entities]
-            text = f"entities ({parser}): " + "; ".join(" ".join(w.label for w in g) for g in groups) if groups \
-                else f"entities ({parser}): none found"
+        groups, text = entities_for(ta, entities, parser)
         settings = ModulationSettings(temperature, temperature_until, mask_until, noun_weight, attribute_weight,
                                       switch)
         editor = CrossAttentionModulation(settings, [[p for w in g for p in w.positions] for g in groups],

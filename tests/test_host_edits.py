@@ -113,3 +113,18 @@ def test_edit_methods_check_the_positive_prompt(host, tiny_ckpt):
     g["s"]["inputs"]["positive"] = ["p", 0]
     with pytest.raises(ExecutionFailed, match="positive: the positive conditioning is not the prompt"):
         host.run(g)
+
+
+def test_edit_nodes_name_their_own_inputs(host, tiny_ckpt):
+    """Targets and entities share the subject/group resolution; their descriptions and errors name their own input."""
+    ta = host.run({"c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_ckpt}},
+                   "t": {"class_type": "AttentionAlignTextSelfAttention",
+                         "inputs": {"clip": ["c", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}}})["t"][0]
+    regulate = host.node_class("AttentionAlignAttentionRegulation").execute
+    modulate = host.node_class("AttentionAlignAttentionModulation").execute
+    assert regulate(ta, "car", "builtin", 0, 25, 20, 100.0, 32).args[1] == "targets: car[3]"
+    assert modulate(ta, "red car", "builtin", 0.8, 0.3, 0.4, 1.5, 1.5, 0.5).args[1] == "entities: red[2] car[3]"
+    with pytest.raises(ValueError, match="^targets: 'dog' is not a word of the prompt"):
+        regulate(ta, "dog", "builtin", 0, 25, 20, 100.0, 32)
+    with pytest.raises(ValueError, match="^entities: 'dog' is not a word of the prompt"):
+        modulate(ta, "red dog", "builtin", 0.8, 0.3, 0.4, 1.5, 1.5, 0.5)
