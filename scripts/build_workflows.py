@@ -41,32 +41,6 @@ def capture_and_visualise() -> tuple[dict, dict]:
     return prompt, positions
 
 
-def tsam() -> tuple[dict, dict]:
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
-        "2": {"class_type": "AttentionAlignTextSelfAttention",
-              "inputs": {"clip": ["1", 1], "text": "a black car and a white clock", "encoder": "auto", "gamma": 3.0}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "4": {"class_type": "AttentionAlignTSAM", "inputs": {
-            "text_attention": ["2", 0], "loss": "paper", "strength": 1.0, "scale_factor": 5.0, "guided_steps": 30,
-            "refine": "official", "threshold_per_token": 0.14, "level": 32}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
-        "6": {"class_type": "AttentionAlignGuidedKSampler", "inputs": {
-            "model": ["1", 0], "seed": 4913, "steps": 50, "cfg": 7.5, "sampler_name": "ddim",
-            "scheduler": "ddim_uniform", "positive": ["2", 2], "negative": ["3", 0], "latent_image": ["5", 0],
-            "denoise": 1.0, "guidance": ["4", 0]}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "attention_align/tsam"}},
-        "9": {"class_type": "AttentionAlignVisualize", "inputs": {
-            "attention_maps": ["6", 1], "text_attention": ["2", 0], "image": ["7", 0], "guidance_log": ["6", 2],
-            "words": "", "level": "32", "columns": 4}},
-        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "attention_align/tsam_maps"}},
-    }
-    positions = {"1": (40, 320), "2": (420, 60), "3": (420, 330), "4": (860, 40), "5": (420, 560), "6": (860, 330),
-                 "7": (1240, 330), "8": (1240, 520), "9": (1600, 330), "10": (2000, 330)}
-    return prompt, positions
-
-
 def _head(prompt_text: str) -> dict:
     """Checkpoint, Text Self-Attention (the positive prompt) and an empty negative: nodes 1–3 of the method graphs."""
     return {
@@ -77,8 +51,8 @@ def _head(prompt_text: str) -> dict:
     }
 
 
-def _guided(prompt_text: str, seed: int, method: dict, prefix: str) -> tuple[dict, dict]:
-    """Checkpoint → Text Self-Attention → method node → Guided KSampler → decode/save, + Show Tokens, + maps."""
+def _guided(prompt_text: str, seed: int, method: dict, prefix: str, show_tokens: bool = True) -> tuple[dict, dict]:
+    """Checkpoint → Text Self-Attention → method node → Guided KSampler → decode/save, + maps, [+ Show Tokens]."""
     prompt = {
         **_head(prompt_text),
         "4": method,
@@ -100,7 +74,15 @@ def _guided(prompt_text: str, seed: int, method: dict, prefix: str) -> tuple[dic
     }
     positions = {"1": (40, 320), "2": (420, 60), "3": (420, 330), "4": (860, 20), "5": (420, 560), "6": (860, 360),
                  "7": (1240, 360), "8": (1240, 560), "9": (1600, 360), "10": (2000, 360), "11": (1240, 40)}
+    if not show_tokens:
+        del prompt["11"], positions["11"]
     return prompt, positions
+
+
+def tsam() -> tuple[dict, dict]:
+    return _guided("a black car and a white clock", 4913, {"class_type": "AttentionAlignTSAM", "inputs": {
+        "text_attention": ["2", 0], "loss": "paper", "strength": 1.0, "scale_factor": 5.0, "guided_steps": 30,
+        "refine": "official", "threshold_per_token": 0.14, "level": 32}}, "tsam", show_tokens=False)
 
 
 def attend_and_excite() -> tuple[dict, dict]:
