@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from clip_reference import clip_reference_attention
+from conftest import capture_graph
 
 PROMPT = "a black car and a white clock"
 
@@ -34,10 +35,8 @@ def family(request, host):
     if not path.exists():
         tiny_checkpoint.build(str(path), layout=layout, fp16=True, seed=0)
     model, clip, vae = host.run({"c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}}})["c"][:3]
-    fam = SimpleNamespace(layout=layout, name=name, path=path, model=model, clip=clip, vae=vae,
-                          detected=FAMILIES[layout][0], auto=FAMILIES[layout][1], encoders=FAMILIES[layout][2])
-    yield fam
-    del fam.model, fam.clip, fam.vae
+    return SimpleNamespace(layout=layout, name=name, path=path, model=model, clip=clip, vae=vae,
+                           detected=FAMILIES[layout][0], auto=FAMILIES[layout][1], encoders=FAMILIES[layout][2])
 
 
 def text_attention(host, family, encoder="auto"):
@@ -77,27 +76,16 @@ def test_capture_and_guided_tsam_run_on_the_family(host, family):
     neg = family.clip.encode_from_tokens_scheduled(family.clip.tokenize(""))
     latent = {"samples": torch.zeros(1, 4, 16, 16)}                         # 128 px
 
-    def sample(model, steps=4):
-        return comfy_nodes.common_ksampler(model, 5, steps, 6.0, "euler", "normal", pos, neg, latent)[0]["samples"]
+    def sample(model):
+        return comfy_nodes.common_ksampler(model, 5, 5, 6.0, "euler", "normal", pos, neg, latent)[0]["samples"]
 
-    def graph(capture):
-        g = {"c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": family.name}},
-             "t": {"class_type": "AttentionAlignTextSelfAttention",
-                   "inputs": {"clip": ["c", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}},
-             "n": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 1], "text": ""}},
-             "l": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
-             "k": {"class_type": "KSampler", "inputs": {
-                 "model": ["cap", 0] if capture else ["c", 0], "seed": 5, "steps": 3, "cfg": 6.0,
-                 "sampler_name": "euler", "scheduler": "normal", "positive": ["t", 2], "negative": ["n", 0],
-                 "latent_image": ["l", 0], "denoise": 1.0}}}
-        if capture:
-            g["cap"] = {"class_type": "AttentionAlignCaptureCrossAttention",
-                        "inputs": {"model": ["c", 0], "levels": "all", "record_steps": False}}
-        return host.run(g)
-
-    captured, plain = graph(True), graph(False)
-    assert torch.equal(captured["k"][0]["samples"], plain["k"][0]["samples"])
-    rec = captured["cap"][1]
+    captured = host.run(capture_graph(family.name, PROMPT, capture=True, steps=3, sampler="euler"))
+    plain = host.run(capture_graph(family.name, PROMPT, capture=False, steps=3, sampler="euler"))
+    assert torch.equal(captured["sample"][0]["samples"], plain["sample"][0]["samples"])
+    rec = captured["capture"][1]
+    grid, labels = captured["viz"]                                          # the visualisation reads them too
+    assert labels.splitlines() == ["a", "black", "car", "and", "a#2", "white", "clock", "T", "S"]
+    assert grid.shape[-1] == 3 and 0 <= grid.min() and grid.max() <= 1
     # SD2's layout here has cross-attention at latent ÷1, ÷2, ÷4; SDXL none at ÷1 (its first level has none)
     assert rec.sizes() == ([(16, 16), (8, 8), (4, 4)] if family.detected == "SD20" else [(8, 8), (4, 4)])
     for h, w in rec.sizes():
@@ -109,8 +97,8 @@ def test_capture_and_guided_tsam_run_on_the_family(host, family):
     guidance = T.tsam_guidance(ta.target(), ta.eos_index, ta.prompt, "paper", 10.0, 5.0, 30, "off",
                                context=ta.context)
     m, log = G.guided_model(family.model, guidance, verify=True)
-    guided = sample(m, steps=5)
+    guided = sample(m)
     assert len(log.steps) == 3                                              # 30 of 50 → 3 of 5
     for rec in log.steps:
         assert torch.all(rec.loss_after < rec.loss_before), (rec.step, rec.loss_before, rec.loss_after)
-    assert not torch.equal(guided, sample(family.model, steps=5))
+    assert not torch.equal(guided, sample(family.model))

@@ -11,36 +11,11 @@ import safetensors.torch
 import torch
 
 from clip_reference import clip_reference_attention
-from conftest import PROMPT, ROOT
-
+from conftest import PROMPT, ROOT, capture_graph as graph
 
 
 def pack_node_ids(host) -> list[str]:
     return sorted(cls.GET_SCHEMA().node_id for cls in host.pack_module("nodes").NODES)
-
-
-def graph(ckpt, prompt=PROMPT, capture=True, size=128, steps=4, sampler="euler_ancestral", batch=1, words="",
-          levels="all", record_steps=False, level="all", seed=3):
-    """Checkpoint → text self-attention (positive) → [capture] → KSampler → VAE decode → visualise."""
-    g = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "text": {"class_type": "AttentionAlignTextSelfAttention",
-                 "inputs": {"clip": ["ckpt", 1], "text": prompt, "encoder": "auto", "gamma": 3.0}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry, ugly"}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["capture", 0] if capture else ["ckpt", 0], "seed": seed, "steps": steps, "cfg": 7.0,
-            "sampler_name": sampler, "scheduler": "normal", "positive": ["text", 2], "negative": ["neg", 0],
-            "latent_image": ["latent", 0], "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
-    }
-    if capture:
-        g["capture"] = {"class_type": "AttentionAlignCaptureCrossAttention",
-                        "inputs": {"model": ["ckpt", 0], "levels": levels, "record_steps": record_steps}}
-        g["viz"] = {"class_type": "AttentionAlignVisualize", "inputs": {
-            "attention_maps": ["capture", 1], "text_attention": ["text", 0], "image": ["decode", 0],
-            "words": words, "level": level, "columns": 4}}
-    return g
 
 
 def test_nodes_register_with_descriptions_and_tooltips(host):
