@@ -290,7 +290,8 @@ def in_place_function(original, run: GuidedRun):
 
 
 def chunked_function(original, run: GuidedRun):
-    known = sampler_name(original) is not None
+    name = sampler_name(original)
+    known = name is not None
     takes_noise = "noise_sampler" in inspect.signature(original).parameters
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
@@ -311,7 +312,7 @@ def chunked_function(original, run: GuidedRun):
         for i in range(n):
             x = run.step(model, x, i, sigmas[i], extra_args)
             chunk = sigmas[i:i + 2]
-            if sampler_name(original) in ("dpm_fast", "dpm_adaptive") and float(chunk[-1]) == 0:
+            if name in ("dpm_fast", "dpm_adaptive") and float(chunk[-1]) == 0:
                 continue  # these stop at the last σ > 0, as the stock run does
             x = original(model, x, chunk, extra_args=args_for(i), callback=shifted(i), disable=True, **kwargs)
         if n < total:
