@@ -132,8 +132,12 @@ def parse_subjects(spec: str, words: list[Word], input_name: str = "subjects") -
     return chosen
 
 
-def parse_groups(spec: str, words: list[Word], input_name: str = "groups") -> list[list[Word]]:
-    """Groups typed as ``"red car; blue bench"``: ';' separates groups, the last word of each is its noun."""
+def parse_groups(spec: str, words: list[Word], input_name: str = "groups", *, min_words: int = 2) -> list[list[Word]]:
+    """Groups typed as ``"red car; blue bench"``: ';' separates groups, the last word of each is its noun.
+
+    ``min_words``: SynGen's groups bind modifiers to a noun, so a group needs at least two words (the default);
+    Attention Modulation's entities may be a bare noun (``min_words=1``). A spec that names no group is an error.
+    """
     groups = []
     for part in spec.split(";"):
         entries = [e for e in part.replace(",", " ").split() if e.lower() not in COORDINATORS]
@@ -142,7 +146,13 @@ def parse_groups(spec: str, words: list[Word], input_name: str = "groups") -> li
         group = [resolve_words(entry, words, input_name)[0] for entry in entries]
         if len(set(group)) != len(group):
             raise ValueError(f"{input_name}: '{part.strip()}' names the same word twice")
+        if len(group) < min_words:
+            raise ValueError(f"{input_name}: '{part.strip()}' is a group of {len(group)} word; a group needs at "
+                             f"least {min_words} (its modifiers, then the noun they belong to), e.g. 'red car; blue "
+                             "bench'")
         groups.append(group)
     if not groups:
-        raise ValueError(f"{input_name}: empty; type groups such as 'red car; blue bench' or use the automatic mode")
+        what = "empty" if not spec.strip() else f"'{spec}' names no group"
+        raise ValueError(f"{input_name}: {what}; type groups such as 'red car; blue bench', or leave it empty for "
+                         "the automatic mode")
     return unify(groups)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .tokens import Word, find_eos, group_words
+from .tokens import Word, display_piece, find_eos, group_words
 
 
 def text_attention_from_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, heads: int) -> torch.Tensor:
@@ -70,6 +70,11 @@ class TextAttention:
     def prompt_pieces(self) -> list[str]:
         """The pieces at positions 1..L (what the rows and columns of T̂ are)."""
         return self.pieces[1:self.eos_index]
+
+    @property
+    def prompt_labels(self) -> list[str]:
+        """The prompt pieces as a person reads them (decoded text, no ``</w>``): labels for plots and lists."""
+        return [display_piece(p) for p in self.prompt_pieces]
 
     def mean_attention(self) -> torch.Tensor:
         """``[T, T]``: mean over heads and over all layers."""

@@ -3,13 +3,17 @@
 Positions follow the convention of every official pipeline: 0 is ``<|startoftext|>`` (bos), the prompt's pieces
 start at 1, and the first ``<|endoftext|>`` (eos) closes the prompt (SD1.x pads with further eos tokens, SDXL's
 second encoder with id 0). Pieces come from the tokenizer's inverse vocabulary, where the last piece of a word ends
-in ``</w>`` (``"check", "ered</w>"`` is one word). Because positions are read off the actual tokenization, weight
+in ``</w>`` (``"check", "ered</w>"`` is one word). Pieces are byte-level BPE: each character stands for one byte of
+the UTF-8 text (``café`` is the piece ``cafÃ©``), so words and labels are decoded back to text exactly as the
+tokenizer's own decoder does (:func:`decode_pieces`) before they are matched or shown. Because positions are read off the actual tokenization, weight
 syntax such as ``(red:1.2)`` needs no special handling: the weights change embeddings, not token positions.
 """
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 BOS_PIECE = "<|startoftext|>"
 EOS_PIECE = "<|endoftext|>"
@@ -32,8 +36,59 @@ class Word:
 
 
 def piece_text(piece: str) -> str:
-    """The visible text of a BPE piece: ``"red</w>"`` → ``"red"``."""
+    """The BPE text of a piece without its word end: ``"red</w>"`` → ``"red"`` (still byte-level; see
+    :func:`decode_pieces` for the text a person reads)."""
     return piece[: -len(WORD_END)] if piece.endswith(WORD_END) else piece
+
+
+@lru_cache(maxsize=1)
+def _byte_of_char() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte → character table (GPT-2/CLIP ``bytes_to_unicode``): printable Latin-1
+    bytes stand for themselves, the other 68 bytes for the characters from U+0100 on, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(keep)
+    extra = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+def decode_pieces(pieces: list[str] | tuple[str, ...]) -> str:
+    """The text that byte-level BPE pieces spell: ``["cafÃ©</w>"]`` → ``"café"``, ``["ðŁĲ¶</w>"]`` → ``"🐶"``.
+
+    Word ends become nothing (a word's pieces are joined); special pieces (``<|endoftext|>``, ``<embedding>``) and
+    characters outside the byte table are kept as they are; bytes that do not form valid UTF-8 on their own (a
+    character split across pieces, shown piece by piece) become U+FFFD, as in the tokenizer's own decoder.
+    """
+    table = _byte_of_char()
+    out: list[str] = []
+    buf = bytearray()
+    for piece in pieces:
+        if piece.startswith("<") and piece.endswith(">") and not piece.endswith(WORD_END):
+            out.append(buf.decode("utf-8", errors="replace") + piece)
+            buf.clear()
+            continue
+        for ch in piece_text(piece):
+            if ch in table:
+                buf.append(table[ch])
+            else:
+                out.append(buf.decode("utf-8", errors="replace") + ch)
+                buf.clear()
+    out.append(buf.decode("utf-8", errors="replace"))
+    return "".join(out)
+
+
+def display_piece(piece: str) -> str:
+    """One piece as a label for a person: decoded text, ``</w>`` removed (``"cafÃ©</w>"`` → ``"café"``)."""
+    return decode_pieces([piece])
+
+
+def normalise(text: str) -> str:
+    """How words are compared: Unicode NFC (so a composed and a decomposed ``é`` match), lower case."""
+    return unicodedata.normalize("NFC", text).lower()
 
 
 def find_eos(pieces: list[str]) -> int:
@@ -60,7 +115,7 @@ def group_words(pieces: list[str], eos_index: int, embeddings: list[tuple[str, i
     def close(text: str | None = None) -> None:
         if not current:
             return
-        text = text or "".join(piece_text(pieces[i]) for i in current).lower()
+        text = text or normalise(decode_pieces([pieces[i] for i in current]))
         seen[text] = seen.get(text, 0) + 1
         words.append(Word(text, tuple(current), seen[text]))
         current.clear()
@@ -96,17 +151,22 @@ _SPEC = re.compile(r"^(?P<text>.+?)(?:#(?P<occ>\d+))?$")
 def resolve_words(spec: str, words: list[Word], input_name: str = "words") -> list[Word]:
     """Resolve a comma-separated user list such as ``"cat, dog#2"`` against the prompt's words.
 
-    An empty spec selects every prompt word. A word not in the prompt, or an occurrence that does not exist,
-    raises ``ValueError`` naming the input, the bad entry and the prompt's words.
+    An empty (or blank) spec selects every prompt word. A spec that is not blank but names no word (``",,,"``), a
+    word not in the prompt, or an occurrence that does not exist, raises ``ValueError`` naming the input, the bad
+    entry and the prompt's words. Words are matched as decoded text (see :func:`decode_pieces`), NFC-normalised
+    and lower-cased, so ``café`` finds the word the tokenizer wrote as ``cafÃ©``.
     """
-    entries = [e.strip() for e in spec.split(",") if e.strip()]
-    if not entries:
+    if not spec.strip():
         return list(words)
-    by_label = {(w.text, w.occurrence): w for w in words}
+    entries = [e.strip() for e in spec.split(",") if e.strip()]
     available = ", ".join(w.label for w in words) or "(none)"
+    if not entries:
+        raise ValueError(f"{input_name}: '{spec}' names no word; type words separated by commas (e.g. 'cat, dog'), "
+                         f"or leave it empty. The prompt's words are: {available}")
+    by_label = {(w.text, w.occurrence): w for w in words}
     out: list[Word] = []
     for entry in entries:
-        m = _SPEC.match(entry.lower())
+        m = _SPEC.match(normalise(entry))
         text, occ = m.group("text").strip(), int(m.group("occ") or 1)
         word = by_label.get((text, occ))
         if word is None:

@@ -53,11 +53,12 @@ def subjects_for(ta: TextAttention, spec: str, parser: str, input_name: str = "s
     return sel.entities, f"{input_name} ({parser}): " + sel.subjects_text()
 
 
-def groups_for(ta: TextAttention, spec: str, parser: str, input_name: str = "groups") -> tuple[list[list[Word]], str]:
+def groups_for(ta: TextAttention, spec: str, parser: str, input_name: str = "groups", *,
+               min_words: int = 2) -> tuple[list[list[Word]], str]:
     """SynGen groups (modifiers first, noun last) and a description of them; errors and the description name
-    ``input_name``."""
+    ``input_name``. Typed groups need ``min_words`` words each."""
     if spec.strip():
-        groups = parse_groups(spec, ta.words, input_name)
+        groups = parse_groups(spec, ta.words, input_name, min_words=min_words)
         return groups, f"{input_name}: " + Selection([], groups).groups_text()
     sel = automatic(ta, parser)
     if not sel.groups:
@@ -69,10 +70,11 @@ def groups_for(ta: TextAttention, spec: str, parser: str, input_name: str = "gro
 def entities_for(ta: TextAttention, spec: str, parser: str, input_name: str = "entities") -> tuple[list[list[Word]], str]:
     """Attention Modulation's entity groups (modifiers first, noun last) and a description of them.
 
-    Typed: SynGen's group syntax. Automatic: every entity noun, with its modifiers when the noun heads a group
-    (a bare noun is a group of one)."""
+    Typed: SynGen's group syntax, where a one-word group is a bare noun (an entity without attributes: ``cat; red
+    car``). Automatic: every entity noun, with its modifiers when the noun heads a group (a bare noun is a group of
+    one)."""
     if spec.strip():
-        return groups_for(ta, spec, parser, input_name)
+        return groups_for(ta, spec, parser, input_name, min_words=1)
     sel = automatic(ta, parser)
     by_head = {g[-1]: g for g in sel.groups}
     groups = [by_head.get(head, [head]) for head in sel.entities]

@@ -82,12 +82,31 @@ def test_user_specs_resolve_words_and_merge_shared_words():
     assert [w.label for w in parse_subjects("car, bench, car#2", words)] == ["car", "bench", "car#2"]
     with pytest.raises(ValueError, match="groups: 'dog' is not a word of the prompt"):
         parse_groups("red dog", words)
-    with pytest.raises(ValueError, match="groups: empty"):
+    with pytest.raises(ValueError, match="groups: ' ; ' names no group"):
         parse_groups(" ; ", words)
     with pytest.raises(ValueError, match="subjects: empty"):
         parse_subjects("", words)
     with pytest.raises(ValueError, match="names the same word twice"):
         parse_groups("red red car", words)
+
+
+@pytest.mark.parametrize("spec", [",,,", " , "])
+def test_a_typed_list_with_no_words_is_an_error_not_every_word(spec):
+    words = words_of("a red car and a blue bench")
+    with pytest.raises(ValueError, match="subjects: '.*' names no word"):
+        parse_subjects(spec, words)
+
+
+@pytest.mark.parametrize("spec, group", [("red;", "red"), ("red car; blue", "blue"), ("red and ; blue bench", "red and")])
+def test_a_one_word_group_is_refused_for_binding(spec, group):
+    words = words_of("a red car and a blue bench")
+    with pytest.raises(ValueError, match=f"groups: '{group}' is a group of 1 word; a group needs at least 2"):
+        parse_groups(spec, words)
+
+
+def test_a_one_word_entity_is_a_bare_noun_when_allowed():
+    words = words_of("a cat and a red car")
+    assert labels(parse_groups("cat; red car", words, min_words=1)) == ["cat", "red car"]
 
 
 def test_unify_keeps_the_first_noun_last():
