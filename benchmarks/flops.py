@@ -80,7 +80,7 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
     with torch.no_grad(), FlopCounterMode(display=False) as full:
         unet(x, timesteps=t, context=ctx, y=y, transformer_options=options())
     z = x.clone().requires_grad_(True)
-    store = engine.PassMaps(level // 8, expected=len(layers))
+    store = engine.PassMaps(layers, truncate=True)
     with torch.enable_grad(), FlopCounterMode(display=False) as forward:
         try:
             unet(z, timesteps=t, context=ctx, y=y, transformer_options=options(store))

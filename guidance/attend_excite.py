@@ -45,6 +45,7 @@ class AttendExciteObjective:
     """Attend-and-Excite's loss on the maps at one level (``name``/``downsample``/``loss`` protocol)."""
 
     name = "Attend-and-Excite"
+    min_map_side = 2                    # the official 3×3 smoothing reflect-pads by one pixel
 
     def __init__(self, subjects: list[tuple[int, ...]], eos_index: int, normalize_eot: bool = False,
                  downsample: int = 4, context: torch.Tensor | None = None):

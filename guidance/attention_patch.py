@@ -46,11 +46,6 @@ class LayerCall:
         """The replace key ComfyUI looks up: ``(block name, block number, depth index)``."""
         return (self.block[0], self.block[1], self.depth)
 
-    @property
-    def divisor(self) -> int:
-        """How many latent pixels one map pixel spans (1 at the latent's own resolution)."""
-        return max(1, round(self.latent_size[0] / self.size[0]))
-
 
 class Observer(Protocol):
     def wants(self, call: LayerCall) -> bool: ...

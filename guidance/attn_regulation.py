@@ -83,6 +83,7 @@ class AttentionRegulation:
     """The editor: regulates the target tokens' logits in the chosen layers during the first steps."""
 
     name = "Attention Regulation"
+    min_map_side = 3                    # the Gaussian bank needs a centre at 2σ < side (σ = 1 below 16×16)
 
     def __init__(self, targets: list[int], eos_index: int, seed: int = 0, edit_paper_steps: float = 25, iterations: int = 20, lr: float = 100.0, decay: float = 0.25,
                  global_decay: float = 0.99, gamma: float = 1.0, delta: float = 80.0, epsilon: float = 0.09):

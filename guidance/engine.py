@@ -10,9 +10,16 @@ evaluation. Both official loops (A&E's ``while loss > target`` and T-SAM's ``for
 check at ``cnt == 20``) decide on a loss computed one evaluation *before* the latest one; with evaluations
 L_0, L_1, … (L_k at the latent after k updates), iteration k (1-based) decides on L_{max(k−2, 0)}.
 Each sample of a batch refines on its own (its own stop decisions), as the per-sample official loops do.
+
+Runaway updates: a step whose total change of a sample's latent is not finite, whose loss is not finite, or whose
+RMS exceeds ``MAX_UPDATE_RATIO`` times the RMS of that sample's latent before the step (an update larger than the
+latent itself replaces the image rather than steering it) is undone for that sample, and the sample is not guided
+for the rest of the run (:attr:`StepRecord.halted`); the host reports it in the log and on the console. Official
+configurations on real checkpoints stay far below the bound; it catches extreme strength × scale settings.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,40 +31,51 @@ from .schedule import Plan
 
 GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
+#: largest allowed RMS of one guided step's change of a sample's latent, relative to that latent's own RMS
+MAX_UPDATE_RATIO = 1.0
+
 
 class StopForward(Exception):
     """Raised inside a gradient pass once every map the loss needs exists: the rest of the UNet is skipped."""
 
 
 class PassMaps:
-    """Observer for one gradient pass: the positive prompt's head-averaged maps of the layers at one level.
+    """Observer for one gradient pass: the positive prompt's head-averaged maps of the layers the loss reads.
 
-    ``downsample`` is in latent pixels per map pixel (4 = SD1.5's 16×16 maps at 512 px). :meth:`maps` returns
-    ``[B, T, h, w]``, the mean over those layers, with the autograd graph intact. With ``expected`` (the number of
-    layers at that level) it raises :class:`StopForward` as soon as the last one was seen: nothing after it can
-    change the loss, so the truncated pass gives the same loss and gradient as the full one at a fraction of the cost.
+    ``layers`` are the replace keys ``(block, number, depth)`` of those layers — found from the UNet's structure by
+    the caller, never inferred from map sizes (which coincide at small sizes: at 16×16 px every level below the
+    latent's is 1×1). :meth:`maps` returns ``[B, T, h, w]``, the mean over those layers, with the autograd graph
+    intact. Each layer counts once per pass (a layer that another pack runs twice does not weigh double). With
+    ``truncate`` it raises :class:`StopForward` as soon as every one of them was seen: nothing after that can change
+    the loss, so the truncated pass gives the same loss and gradient as the full one at a fraction of the cost.
     """
 
-    def __init__(self, downsample: int, expected: int | None = None):
-        self.downsample = downsample
-        self.expected = expected
-        self.parts: list[torch.Tensor] = []
+    def __init__(self, layers, *, truncate: bool = False):
+        self.layers = frozenset(layers)
+        if not self.layers:
+            raise ValueError("PassMaps needs at least one layer to read")
+        self.truncate = truncate
+        self.parts: dict[tuple[str, int, int], torch.Tensor] = {}
         self.size: tuple[int, int] | None = None
 
     def wants(self, call: LayerCall) -> bool:
-        return call.grad_pass and call.divisor == self.downsample
+        return call.grad_pass and call.key in self.layers and call.key not in self.parts
 
     def observe(self, probs: torch.Tensor, call: LayerCall) -> None:
+        if self.size is not None and call.size != self.size:
+            raise RuntimeError(f"the layers the loss reads have maps of different sizes: {self.size} and "
+                               f"{call.size} at {call.key}")
         self.size = call.size
-        self.parts.append(positive_rows(probs, call).mean(dim=1))          # [B, h·w, T]
-        if self.expected is not None and len(self.parts) == self.expected:
+        self.parts[call.key] = positive_rows(probs, call).mean(dim=1)      # [B, h·w, T]
+        if self.truncate and len(self.parts) == len(self.layers):
             raise StopForward
 
     def maps(self) -> torch.Tensor:
         if not self.parts:
-            raise RuntimeError(f"no cross-attention layer at latent ÷{self.downsample} ran in the gradient pass")
+            raise RuntimeError(f"none of the cross-attention layers the loss reads ({sorted(self.layers)}) ran in "
+                               "the gradient pass")
         h, w = self.size
-        return rearrange(torch.stack(self.parts).mean(0), "b (h w) t -> b t h w", h=h, w=w)
+        return rearrange(torch.stack(list(self.parts.values())).mean(0), "b (h w) t -> b t h w", h=h, w=w)
 
 
 @dataclass
@@ -73,6 +91,8 @@ class StepRecord:
     loss_after: torch.Tensor | None = None                    # loss at the updated latent (only when verifying)
     x_before: torch.Tensor | None = None                      # the latent before the step (only when verifying)
     x_after: torch.Tensor | None = None                       # the updated latent (only when verifying)
+    update_ratio: torch.Tensor | None = None                  # RMS(change) / RMS(latent before) per sample [B]
+    halted: torch.Tensor | None = None                        # runaway at this step: undone, no more guidance [B]
 
     @property
     def loss_before(self) -> torch.Tensor:
@@ -91,21 +111,30 @@ def _per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def guided_step(x: torch.Tensor, i: int, sigma: float, plan: Plan, grad_fn: GradFn,
                 verify_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 check_interrupt: Callable[[], None] = lambda: None,
-                progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, StepRecord]:
+                progress: Callable[[int, int], None] | None = None,
+                frozen: torch.Tensor | None = None,
+                max_update_ratio: float = math.inf) -> tuple[torch.Tensor, StepRecord]:
     """One guided step: optional refinement at the same σ, then the regular update ``x − α·δ``.
 
-    Returns the updated latent (a new tensor; ``x`` is not modified) and the step's record.
+    ``frozen`` ``[B]`` (bool): samples halted at an earlier step; their loss is still measured, their latent is not
+    changed. A sample whose change at this step runs away (not finite, or an RMS above ``max_update_ratio`` × its
+    latent's; the host passes :data:`MAX_UPDATE_RATIO`) keeps ``x`` and is marked in ``rec.halted``. Returns the updated latent (a new tensor; ``x`` is not modified) and the step's record.
     """
     alpha = plan.alphas[i]
     rec = StepRecord(step=i, sigma=sigma, alpha=alpha)
     if verify_fn is not None:
         rec.x_before = x.detach().clone()
+    x_start = x
+    keep = None if frozen is None else _per_sample(~frozen.to(x.device), x).bool()
     check_interrupt()
     loss, delta = grad_fn(x)
+    if keep is not None:
+        delta = torch.where(keep, delta, torch.zeros_like(delta))
     rec.losses.append(loss)
     if plan.refine_at(i) and alpha != 0:
-        x, loss, delta = _refine(x, loss, delta, alpha, plan, grad_fn, rec, check_interrupt, progress)
+        x, loss, delta = _refine(x, loss, delta, alpha, plan, grad_fn, rec, check_interrupt, progress, keep)
     x = x - alpha * delta
+    x = _stop_runaways(x_start, x, rec, max_update_ratio)
     if verify_fn is not None:
         check_interrupt()
         rec.loss_after = verify_fn(x)
@@ -113,7 +142,23 @@ def guided_step(x: torch.Tensor, i: int, sigma: float, plan: Plan, grad_fn: Grad
     return x, rec
 
 
-def _refine(x, loss, delta, alpha, plan: Plan, grad_fn: GradFn, rec: StepRecord, check_interrupt, progress):
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    """Root mean square per sample: ``[B, …]`` → ``[B]`` (float32 at least)."""
+    return t.reshape(t.shape[0], -1).float().pow(2).mean(dim=1).sqrt()
+
+
+def _stop_runaways(x_start: torch.Tensor, x: torch.Tensor, rec: StepRecord, max_ratio: float) -> torch.Tensor:
+    """Undo this step for samples whose change (or loss) is not finite or larger than ``max_ratio`` × their latent."""
+    change = x - x_start
+    ratio = _rms(change) / _rms(x_start).clamp_min(1e-12)
+    finite_loss = torch.stack([l.reshape(-1).isfinite() for l in rec.losses]).all(dim=0).to(ratio.device)
+    bad = ~torch.isfinite(ratio) | (ratio > max_ratio) | ~finite_loss
+    rec.update_ratio = ratio.detach().cpu()       # one read-back per guided step (the log needs it)
+    rec.halted = bad.cpu()
+    return torch.where(_per_sample(bad, x).bool(), x_start, x)
+
+
+def _refine(x, loss, delta, alpha, plan: Plan, grad_fn: GradFn, rec: StepRecord, check_interrupt, progress, keep=None):
     r = plan.refinement
     threshold = r.threshold_at(rec.step)
     b = loss.shape[0]
@@ -134,6 +179,8 @@ def _refine(x, loss, delta, alpha, plan: Plan, grad_fn: GradFn, rec: StepRecord,
         x = x - alpha * delta * _per_sample(active, delta)
         iterations += active.cpu().long()
         loss, delta = grad_fn(x)
+        if keep is not None:
+            delta = torch.where(keep, delta, torch.zeros_like(delta))
         rec.losses.append(loss)
         if progress is not None:
             progress(k, r.max_iters)

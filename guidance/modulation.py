@@ -36,6 +36,17 @@ class ModulationSettings:
     attribute_weight: float = 1.0       # late-phase weight of attributes; 1 = off
     switch: float = 0.5                 # phase where the reweighting switches from nouns to attributes
 
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: {self.temperature} is not allowed; it must be > 0 (1 = off)")
+        for name in ("noun_weight", "attribute_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: {getattr(self, name)} is not allowed; it must be ≥ 0 (1 = off, "
+                                 "0 = those tokens get no attention)")
+        for name in ("temperature_until", "mask_until", "switch"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: {getattr(self, name)} is not a phase; it must be between 0 and 1")
+
     def temperature_at(self, p: float) -> float:
         return self.temperature if p < self.temperature_until else 1.0
 
@@ -95,12 +106,18 @@ def modulation_bias(q: torch.Tensor, k: torch.Tensor, heads: int, groups: list[l
     return out
 
 
+def log_weight(weight: float) -> float:
+    """``log w`` as a logit offset; weight 0 gives −∞ (those tokens get probability exactly 0, the row renormalises
+    over the others, bos among them, so no row is ever all −∞)."""
+    return math.log(weight) if weight > 0 else float("-inf")
+
+
 def reweight(scores: torch.Tensor, columns: list[int], weight: float) -> torch.Tensor:
     """Multiply the probabilities of ``columns`` by ``weight`` and renormalise (``log w`` added to the logits)."""
     if weight == 1.0 or not columns:
         return scores
     out = scores.clone()
-    out[..., columns] += math.log(weight)
+    out[..., columns] += log_weight(weight)
     return out
 
 
@@ -135,7 +152,7 @@ class CrossAttentionModulation:
         column = torch.zeros(k.shape[1])
         for columns, weight in ((self.nouns, w_noun), (self.attributes, w_attr)):
             if weight != 1.0 and columns:
-                column[columns] += math.log(weight)
+                column[columns] += log_weight(weight)
         rows = positive_index(call, q.shape[0], q.device)
         out = torch.zeros(q.shape[0], heads, q.shape[1], k.shape[1], device=q.device)
         out[rows] = modulation_bias(q[rows], k[rows], heads, self.groups, mask, column)

@@ -28,8 +28,9 @@ def smooth_maps(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) ->
     h, w = maps.shape[-2:]
     pad = kernel_size // 2
     if h <= pad or w <= pad:
-        raise ValueError(f"attention maps of {h}×{w} are too small for {kernel_size}×{kernel_size} smoothing "
-                         f"(each side must exceed {pad})")
+        raise ValueError(f"level: the attention maps at this level are {h}×{w}, too small for the official "
+                         f"{kernel_size}×{kernel_size} smoothing (each side must exceed {pad}); choose a finer level "
+                         "(a smaller image divisor) or a larger image")
     taps = official_taps(kernel_size, sigma, maps.dtype if maps.is_floating_point() else torch.float32)
     kernel = (taps[:, None] * taps[None, :]).to(maps.device)[None, None]          # [1, 1, k, k]
     flat = maps.reshape(-1, 1, h, w)

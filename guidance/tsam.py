@@ -85,6 +85,7 @@ class TSAMObjective:
     """T-SAM's loss on the prompt tokens 1..L of maps at one level (``name``/``downsample``/``loss`` protocol)."""
 
     name = "T-SAM"
+    min_map_side = 2                    # the official 3×3 smoothing reflect-pads by one pixel
 
     def __init__(self, target: torch.Tensor, eos_index: int, variant: str = "paper", row_weight: float = 1.0,
                  downsample: int = 4, context: torch.Tensor | None = None):

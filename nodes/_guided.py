@@ -8,8 +8,8 @@ from comfy.patcher_extension import WrappersMP
 from ..guidance.engine import GuidanceLog, StepRecord
 from ..guidance.method import AttentionEditGuidance, GradientGuidance
 from ._sampling import WRAPPER_KEY, make_sampler_wrapper
-from ._unet import (VAE_FACTOR, attach_editor, attach_observer, attach_self_temperature, cross_attention_layers,
-                    layers_at)
+from ._unet import (VAE_FACTOR, attach_editor, attach_observer, attach_self_temperature, check_map_size,
+                    cross_attention_layers, layers_at)
 
 EDIT_WRAPPER_KEY = "attention_align_edit"
 
@@ -34,6 +34,15 @@ def prompt_check(context: torch.Tensor | None):
     return check
 
 
+def check_sizes(guidance, layers, latent_hw: tuple[int, int]) -> None:
+    """Refuse a level whose maps are too small for the method at this latent size, before any step runs."""
+    if isinstance(guidance, GradientGuidance):
+        check_map_size(guidance.objective, guidance.objective.downsample, layers, latent_hw)
+    elif isinstance(guidance, AttentionEditGuidance) and guidance.cross_editor is not None \
+            and guidance.cross_downsample is not None:
+        check_map_size(guidance.cross_editor, guidance.cross_downsample, layers, latent_hw)
+
+
 def guided_model(model, guidance, force_path: str | None = None, verify: bool = False, truncate: bool = True):
     """Clone ``model`` and attach ``guidance`` (gradient or attention-edit); returns (clone, its GuidanceLog).
 
@@ -42,7 +51,8 @@ def guided_model(model, guidance, force_path: str | None = None, verify: bool = 
         return edited_model(model, guidance)
     if not isinstance(guidance, GradientGuidance):
         raise ValueError(f"guidance: expected a GUIDANCE from one of the pack's method nodes, got {type(guidance)}")
-    layers = layers_at(cross_attention_layers(model), VAE_FACTOR * guidance.objective.downsample)
+    every_layer = cross_attention_layers(model)
+    layers = layers_at(every_layer, VAE_FACTOR * guidance.objective.downsample)
     if WRAPPER_KEY in model.wrappers.get(WrappersMP.SAMPLER_SAMPLE, {}):
         raise ValueError("model: it already carries Attention Align gradient guidance; apply one gradient method "
                          "per model")
@@ -50,9 +60,14 @@ def guided_model(model, guidance, force_path: str | None = None, verify: bool = 
     attach_observer(m, layers, None)
     log = GuidanceLog()
     check = prompt_check(getattr(guidance.objective, "context", None))
-    m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
-                           make_sampler_wrapper(guidance, log, force_path, verify, check,
-                                                len(layers) if truncate else None))
+    guide = make_sampler_wrapper(guidance, log, force_path, verify, check, tuple(layer.key for layer in layers),
+                                 truncate)
+
+    def wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+        check_sizes(guidance, every_layer, tuple(noise.shape[-2:]))
+        return guide(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+
+    m.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, wrapper)
     return m, log
 
 
@@ -71,14 +86,15 @@ def edited_model(model, guidance: AttentionEditGuidance):
     log = GuidanceLog()
     check = prompt_check(guidance.context)
 
-    def wrapper(executor, guider, sigmas, *args, **kwargs):
+    def wrapper(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+        check_sizes(guidance, layers, tuple(noise.shape[-2:]))
         if check is not None:
             check(guider.conds.get("positive") or [{}])
         if hasattr(editor, "begin_run"):
             editor.begin_run()
         log.begin_run(guidance.name, type(executor.class_obj).__name__, "attention edit", len(sigmas) - 1)
         try:
-            return executor(guider, sigmas, *args, **kwargs)
+            return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
         finally:
             for step, pairs in sorted(getattr(editor, "losses", {}).items()):    # Attention Regulation's own loss
                 before, after = (sum(v) / len(v) for v in zip(*pairs))

@@ -63,6 +63,30 @@ def cross_attention_layers(model_patcher, input_name: str = "model") -> list[Cro
     return layers
 
 
+def map_size_at(latent_hw: tuple[int, int], downsample: int) -> tuple[int, int]:
+    """``(h, w)`` of the maps ``downsample`` latent pixels per map pixel apart: each UNet Downsample is a stride-2
+    convolution with padding 1, which rounds odd sizes up (15×9 → 8×5 → 4×3)."""
+    h, w = latent_hw
+    while downsample > 1:
+        h, w, downsample = -(-h // 2), -(-w // 2), downsample // 2
+    return h, w
+
+
+def check_map_size(method, downsample: int, layers: list[CrossAttentionLayer], latent_hw: tuple[int, int]) -> None:
+    """Refuse, before any step runs, a level whose maps are too small for ``method`` (its ``min_map_side``) at this
+    latent size; the message names the levels that would work."""
+    need = getattr(method, "min_map_side", 1)
+    h, w = map_size_at(latent_hw, downsample)
+    if min(h, w) >= need:
+        return
+    image = f"{VAE_FACTOR * latent_hw[1]}×{VAE_FACTOR * latent_hw[0]} px"
+    ok = sorted({layer.level for layer in layers if min(map_size_at(latent_hw, layer.downsample)) >= need})
+    hint = f"levels that work at this size: {', '.join(map(str, ok))}" if ok else \
+        "no cross-attention level of this model is large enough; use a larger image"
+    raise ValueError(f"level: at {image} {method.name} reads maps of {h}×{w} at image ÷{VAE_FACTOR * downsample}, "
+                     f"but needs at least {need}×{need}; {hint}")
+
+
 def layers_at(layers: list[CrossAttentionLayer], level: int, input_name: str = "level") -> list[CrossAttentionLayer]:
     """The layers at one image divisor; raises naming the model's levels if it has none there."""
     chosen = [layer for layer in layers if layer.level == level]

@@ -51,7 +51,7 @@ def kernel(q, k, v, heads, attn_precision=None, transformer_options=None):
 def test_layer_call_reads_metadata():
     call = layer_call(torch.zeros(2, 16, 8), options(sample_sigmas=torch.tensor([5.0, 3.5, 0.0])))
     assert call.key == ("input", 4, 0) and call.size == (4, 4) and call.latent_size == (8, 8)
-    assert call.divisor == 2 and call.cond_or_uncond == (1, 0) and call.sigma == 3.5 and not call.grad_pass
+    assert call.cond_or_uncond == (1, 0) and call.sigma == 3.5 and not call.grad_pass
 
 
 def test_layer_call_without_activations_shape_halves_like_a_strided_conv():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from attention_align.guidance.attention_patch import PASS_KEY, layer_call
-from attention_align.guidance.engine import PassMaps, guided_step
+from attention_align.guidance.engine import PassMaps, StopForward, guided_step
 from attention_align.guidance.schedule import make_plan
 
 CENTRES = torch.tensor([[0.3, -0.2, 0.5], [1.0, 0.4, -0.8]], dtype=torch.float64)
@@ -157,15 +157,70 @@ def test_pass_maps_average_layers_of_one_level_in_grad_passes_only():
                 "cond_or_uncond": [0], PASS_KEY: {"grad_pass": grad}}
         return layer_call(torch.zeros(b, hw[0] * hw[1], 8), opts)
 
-    store = PassMaps(downsample=4)
+    store = PassMaps([("input", 5, 0), ("output", 0, 0)])
     a, b = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5)
     assert store.wants(call(("input", 5), (2, 2))) and not store.wants(call(("input", 1), (8, 8)))
+    assert not store.wants(call(("input", 4), (2, 2)))               # same map size, not a layer the loss reads
     assert not store.wants(call(("input", 5), (2, 2), grad=False))
     store.observe(a, call(("input", 5), (2, 2)))
+    assert not store.wants(call(("input", 5), (2, 2)))               # a layer run twice counts once
     store.observe(b, call(("output", 0), (2, 2)))
     maps = store.maps()
     assert maps.shape == (2, 5, 2, 2)
     expected = ((a.mean(1) + b.mean(1)) / 2).transpose(1, 2).reshape(2, 5, 2, 2)
     torch.testing.assert_close(maps, expected)
-    with pytest.raises(RuntimeError, match="no cross-attention layer at latent ÷2"):
-        PassMaps(2).maps()
+    with pytest.raises(RuntimeError, match="none of the cross-attention layers the loss reads"):
+        PassMaps([("input", 5, 0)]).maps()
+
+
+def test_pass_maps_stop_once_every_layer_read_was_seen_in_any_order():
+    def call(block):
+        opts = {"block": block, "block_index": 0, "original_shape": [1, 4, 8, 8], "activations_shape": [1, 8, 2, 2],
+                "cond_or_uncond": [0], PASS_KEY: {"grad_pass": True}}
+        return layer_call(torch.zeros(1, 4, 8), opts)
+
+    store = PassMaps([("input", 5, 0), ("output", 0, 0)], truncate=True)
+    store.observe(torch.rand(1, 3, 4, 5), call(("output", 0)))        # a foreign pack ran them out of order
+    with pytest.raises(StopForward):
+        store.observe(torch.rand(1, 3, 4, 5), call(("input", 5)))
+    untruncated = PassMaps([("input", 5, 0), ("output", 0, 0)])
+    untruncated.observe(torch.rand(1, 3, 4, 5), call(("output", 0)))
+    untruncated.observe(torch.rand(1, 3, 4, 5), call(("input", 5)))   # no stop without truncate
+
+
+def test_a_runaway_update_is_undone_for_that_sample_and_it_is_frozen_afterwards():
+    """Sample 1's gradient is 1000× its latent: its step is undone and reported; sample 0 is guided as usual."""
+    plan = make_plan(10, 25, 1.0, decay=False)
+    x = torch.ones(2, 4, 2, 2)
+
+    def grad_fn(z):
+        return torch.zeros(2), torch.stack([0.1 * torch.ones(4, 2, 2), 1000 * torch.ones(4, 2, 2)])
+
+    new, rec = guided_step(x, 0, 1.0, plan, grad_fn, max_update_ratio=1.0)
+    torch.testing.assert_close(new[0], torch.full((4, 2, 2), 0.9))
+    assert torch.equal(new[1], x[1])
+    assert rec.halted.tolist() == [False, True]
+    torch.testing.assert_close(rec.update_ratio, torch.tensor([0.1, 1000.0]))
+    frozen_new, rec2 = guided_step(new, 1, 1.0, plan, lambda z: (torch.zeros(2), 0.1 * torch.ones_like(z)),
+                                   frozen=rec.halted, max_update_ratio=1.0)
+    assert torch.equal(frozen_new[1], new[1]) and not rec2.halted.any()         # frozen: measured, not moved
+    torch.testing.assert_close(frozen_new[0], new[0] - 0.1)
+
+
+@pytest.mark.parametrize("bad", ["nan_gradient", "inf_loss"])
+def test_non_finite_steps_are_undone(bad):
+    plan = make_plan(10, 25, 1.0, decay=False)
+    x = torch.ones(2, 4, 2, 2)
+
+    def grad_fn(z):
+        g = 0.1 * torch.ones_like(z)
+        loss = torch.zeros(2)
+        if bad == "nan_gradient":
+            g[0, 0, 0, 0] = float("nan")
+        else:
+            loss[0] = float("inf")
+        return loss, g
+
+    new, rec = guided_step(x, 0, 1.0, plan, grad_fn)           # no ratio bound: finiteness alone
+    assert rec.halted.tolist() == [True, False] and torch.equal(new[0], x[0]) and new.isfinite().all()
+    torch.testing.assert_close(new[1], x[1] - 0.1)

@@ -87,9 +87,10 @@ def test_capture_and_guided_tsam_run_on_the_family(host, family):
     assert labels.splitlines() == ["a", "black", "car", "and", "a#2", "white", "clock", "T", "S"]
     assert grid.shape[-1] == 3 and 0 <= grid.min() and grid.max() <= 1
     # SD2's layout here has cross-attention at latent ÷1, ÷2, ÷4; SDXL none at ÷1 (its first level has none)
-    assert rec.sizes() == ([(16, 16), (8, 8), (4, 4)] if family.detected == "SD20" else [(8, 8), (4, 4)])
-    for h, w in rec.sizes():
-        maps = rec.mean((h, w))
+    assert rec.levels() == ([1, 2, 4] if family.detected == "SD20" else [2, 4])
+    assert [rec.size(v) for v in rec.levels()] == [(16 // v, 16 // v) for v in rec.levels()]
+    for level in rec.levels():
+        (h, w), maps = rec.size(level), rec.mean(level)
         assert maps.shape == (1, 77, h, w)
         torch.testing.assert_close(maps.sum(1), torch.ones(1, h, w), rtol=0, atol=1e-4)
 

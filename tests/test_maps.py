@@ -29,24 +29,40 @@ def to_maps(p, h, w):
     return out
 
 
-def test_running_mean_of_the_positive_rows_per_size():
-    rec = AttentionRecorder({("input", 1, 0), ("output", 2, 0)})
+def test_running_mean_of_the_positive_rows_per_level():
+    rec = AttentionRecorder({("input", 1, 0): 2, ("output", 2, 0): 4})
     p1, p2, p3 = probs(seed=1), probs(seed=2), probs(n=4, seed=3)
     rec.observe(p1, call())
-    rec.observe(p2, call(block=("output", 2)))
+    rec.observe(p2, call(block=("input", 1), sigma=5.0))
     rec.observe(p3, call(block=("output", 2), hw=(2, 2)))
-    assert rec.sizes() == [(4, 4), (2, 2)] and rec.latent_size == (8, 8)
-    torch.testing.assert_close(rec.mean((4, 4)), (to_maps(p1[1:], 4, 4) + to_maps(p2[1:], 4, 4)) / 2)
-    torch.testing.assert_close(rec.mean((2, 2)), to_maps(p3[1:], 2, 2))
-    assert rec.mean((4, 4)).shape == (1, 5, 4, 4)
-    torch.testing.assert_close(rec.mean((4, 4)).sum(1), torch.ones(1, 4, 4))
-    assert rec.divisor((2, 2)) == 4
-    with pytest.raises(KeyError, match="recorded: 4×4, 2×2"):
-        rec.mean((8, 8))
+    assert rec.levels() == [2, 4] and rec.latent_size == (8, 8)
+    assert rec.size(2) == (4, 4) and rec.size(4) == (2, 2)
+    torch.testing.assert_close(rec.mean(2), (to_maps(p1[1:], 4, 4) + to_maps(p2[1:], 4, 4)) / 2)
+    torch.testing.assert_close(rec.mean(4), to_maps(p3[1:], 2, 2))
+    assert rec.mean(2).shape == (1, 5, 4, 4)
+    torch.testing.assert_close(rec.mean(2).sum(1), torch.ones(1, 4, 4))
+    with pytest.raises(KeyError, match="recorded: ÷2 \\(4×4\\), ÷4 \\(2×2\\)"):
+        rec.mean(1)
+
+
+def test_levels_come_from_the_layers_not_from_map_sizes():
+    """At a tiny latent several levels have 1×1 maps: they stay apart, each under the level its layer has."""
+    rec = AttentionRecorder({("input", 4, 0): 2, ("input", 7, 0): 4, ("middle", 0, 0): 8})
+    ps = [probs(n=1, seed=s) for s in range(3)]
+    for p, block in zip(ps, [("input", 4), ("input", 7), ("middle", 0)]):
+        rec.observe(p, call(block=block, hw=(1, 1)))
+    assert rec.levels() == [2, 4, 8]
+    for level, p in zip([2, 4, 8], ps):
+        torch.testing.assert_close(rec.mean(level), to_maps(p[1:], 1, 1))
+
+
+def test_layers_without_levels_are_refused():
+    with pytest.raises(TypeError, match="must map each replace key to its level"):
+        AttentionRecorder({("input", 1, 0)})
 
 
 def test_wants_only_its_layers_sampler_passes_and_positive_chunks():
-    rec = AttentionRecorder({("input", 1, 0)})
+    rec = AttentionRecorder({("input", 1, 0): 2})
     assert rec.wants(call())
     assert not rec.wants(call(block=("input", 2)))
     assert not rec.wants(call(grad=True))
@@ -54,16 +70,16 @@ def test_wants_only_its_layers_sampler_passes_and_positive_chunks():
 
 
 def test_steps_are_kept_per_sigma_with_schedule_index():
-    rec = AttentionRecorder({("input", 1, 0)}, keep_steps=True)
+    rec = AttentionRecorder({("input", 1, 0): 2}, keep_steps=True)
     for sigma, seed in [(10.0, 1), (10.0, 2), (7.0, 3), (5.0, 4)]:
         rec.observe(probs(seed=seed), call(sigma=sigma))
     assert [(s.sigma, s.step, s.exact) for s in rec.steps] == [(10.0, 0, True), (7.0, 0, False), (5.0, 1, True)]
-    torch.testing.assert_close(rec.steps[0].mean((4, 4)),
+    torch.testing.assert_close(rec.steps[0].mean(2),
                                (to_maps(probs(seed=1)[1:], 4, 4) + to_maps(probs(seed=2)[1:], 4, 4)) / 2)
 
 
 def test_begin_run_clears_the_previous_run():
-    rec = AttentionRecorder({("input", 1, 0)}, keep_steps=True)
+    rec = AttentionRecorder({("input", 1, 0): 2}, keep_steps=True)
     rec.observe(probs(), call())
     rec.begin_run()
     assert rec.empty and rec.steps == [] and rec.runs == 2

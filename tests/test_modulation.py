@@ -134,3 +134,33 @@ def test_the_replace_runs_the_host_kernel_with_the_bias_on_positive_rows_only():
     finite = bias[1].isfinite()
     torch.testing.assert_close(bias[1][finite], expected.expand(2, 16, 10)[finite])
     assert out.shape == (2, 16, 8)
+
+
+def test_weight_zero_removes_the_columns_and_the_rest_renormalises():
+    """The node allows weight 0: those tokens get no attention (not a math domain error), exactly like dropping
+    their columns from the softmax."""
+    scores = torch.randn(4, 10, generator=torch.Generator().manual_seed(4))
+    after = reweight(scores, [2, 3], 0.0).softmax(-1)
+    assert torch.all(after[:, [2, 3]] == 0)
+    keep = [0, 1, 4, 5, 6, 7, 8, 9]
+    torch.testing.assert_close(after[:, keep], scores[:, keep].softmax(-1))
+    editor = CrossAttentionModulation(ModulationSettings(noun_weight=0.0, attribute_weight=0.0), [[2, 3]], [3], [2])
+    g = torch.Generator().manual_seed(5)
+    q, kv = torch.randn(2, 16, 8, generator=g), torch.randn(2, 10, 8, generator=g)
+    opts, c = call(0)
+
+    def masked_kernel(q_, k_, v_, heads, mask=None, **kw):
+        return probs_times_v((attention_scores(q_, k_, heads) + mask).softmax(-1), v_)
+
+    out = CrossAttentionReplace(masked_kernel, editors=(editor,))(q, kv, kv, opts)
+    assert out.isfinite().all()
+    probs = (attention_scores(q, kv, 2) + editor.bias(q, kv, 2, c)).softmax(-1)
+    assert torch.all(probs[1, :, :, 3] == 0) and probs[1].isfinite().all()          # positive rows: noun gone
+    torch.testing.assert_close(probs[0], attention_probs(q, kv, 2)[0])                # negative rows untouched
+
+
+@pytest.mark.parametrize("field, value", [("noun_weight", -0.5), ("attribute_weight", float("nan")),
+                                          ("temperature", 0.0), ("switch", 1.5), ("mask_until", -0.1)])
+def test_settings_outside_their_range_name_the_input(field, value):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        ModulationSettings(**{field: value})
