@@ -1,42 +1,26 @@
 """Resolving the words a method acts on: typed by the user, or found automatically (built-in rules or spaCy)."""
 from __future__ import annotations
 
-from functools import lru_cache
-
 from ..guidance.dependency import parse_selection
 from ..guidance.grouping import Selection, auto_groups, parse_groups, parse_subjects
 from ..guidance.text_attention import TextAttention
 from ..guidance.tokens import Word
+from ._spacy import PREFIX as SPACY_PREFIX
+from ._spacy import load as load_spacy
+from ._spacy import parser_options
 
-PARSERS = ["builtin", "spacy"]
+PARSERS = parser_options()
 
 
 class NothingFound(ValueError):
     """The automatic mode found no subject / no group in the prompt."""
-SPACY_MODELS = ("en_core_web_trf", "en_core_web_lg", "en_core_web_md", "en_core_web_sm")
-
-
-@lru_cache(maxsize=1)
-def _spacy():
-    try:
-        import spacy
-    except ImportError:
-        raise ValueError("parser: 'spacy' needs spaCy and an English model, which are not installed "
-                         "(pip install spacy, then python -m spacy download en_core_web_sm); or use 'builtin'") from None
-    for name in SPACY_MODELS:
-        try:
-            return spacy.load(name)
-        except OSError:
-            continue
-    raise ValueError(f"parser: spaCy is installed but none of its English models ({', '.join(SPACY_MODELS)}) is; "
-                     "install one (python -m spacy download en_core_web_sm) or use 'builtin'")
 
 
 def automatic(ta: TextAttention, parser: str) -> Selection:
     if parser == "builtin":
         return auto_groups(ta.words, ta.mean_attention())
-    if parser == "spacy":
-        return parse_selection(_spacy()(" ".join(w.text for w in ta.words)), ta.words)
+    if parser == "spacy" or parser.startswith(SPACY_PREFIX):
+        return parse_selection(load_spacy(parser)(" ".join(w.text for w in ta.words)), ta.words)
     raise ValueError(f"parser: '{parser}' is not one of {', '.join(PARSERS)}")
 
 

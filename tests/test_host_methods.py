@@ -142,5 +142,5 @@ def test_show_tokens_and_unknown_words(host, tiny_ckpt):
 @pytest.mark.skipif(importlib.util.find_spec("spacy") is not None, reason="spaCy is installed here")
 def test_asking_for_spacy_without_it_is_a_clear_error(host, tiny_ckpt):
     ta = text_attention(host, tiny_ckpt, "a red car")[0]
-    with pytest.raises(ValueError, match="parser: 'spacy' needs spaCy and an English model"):
+    with pytest.raises(ValueError, match="parser: 'spacy' needs spaCy and an English pipeline"):
         host.node_class("AttentionAlignSynGen").execute(ta, "", "spacy", 1.0, 20.0, 25, 32)
