@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
+import sys
 
 import torch
 import comfy.k_diffusion.sampling as kd
@@ -29,9 +31,10 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
+from comfy_execution.utils import get_executing_context
 
 from ..guidance.attention_patch import PASS_KEY
-from ..guidance.engine import GuidanceLog, PassMaps, StopForward, guided_step
+from ..guidance.engine import MAX_UPDATE_RATIO, GuidanceLog, PassMaps, StopForward, guided_step
 from ..guidance.method import GradientGuidance
 
 log = logging.getLogger("attention_align")
@@ -154,7 +157,7 @@ class GradientPass:
     """``grad_fn`` for :func:`~..guidance.engine.guided_step`: one positive-only UNet pass with graph."""
 
     def __init__(self, model_k, sigma: torch.Tensor, extra_args: dict, guidance: GradientGuidance, check=None,
-                 expected_layers: int | None = None):
+                 read_layers: tuple = (), truncate: bool = True):
         self.model_k, self.sigma, self.extra_args, self.guidance = model_k, sigma, extra_args, guidance
         guider = model_k.inner_model
         self.base_model = guider.inner_model
@@ -167,7 +170,8 @@ class GradientPass:
         self.model_options = extra_args.get("model_options", {})
         # Truncation needs the whole positive prompt in one UNet call: several positive conditionings (areas,
         # combines) are run in separate calls, and stopping the first would lose the others' maps.
-        self.expected_layers = expected_layers if len(self.conds) == 1 else None
+        self.read_layers = read_layers
+        self.truncate = truncate and len(self.conds) == 1
 
     def _options(self, store: PassMaps) -> dict:
         mo = dict(self.model_options)
@@ -183,7 +187,7 @@ class GradientPass:
 
     def _loss(self, x: torch.Tensor, with_grad: bool):
         x_in, mask = _unet_view(self.model_k, x, self.sigma, self.extra_args.get("denoise_mask"), self.model_options)
-        store = PassMaps(self.guidance.objective.downsample, self.expected_layers)
+        store = PassMaps(self.read_layers, truncate=self.truncate)
         mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if self.has_control and with_grad \
             else contextlib.nullcontext()
         with torch.inference_mode(False), torch.set_grad_enabled(with_grad), mutation_ok:
@@ -214,21 +218,82 @@ class GradientPass:
 
 
 # --------------------------------------------------------------------------------------------- the run
+def _send_progress_text(text: str) -> None:
+    """Show ``text`` on the executing node in the frontend (ComfyUI's progress text); a no-op without a server."""
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    context = get_executing_context()
+    if server is not None and context is not None:
+        server.send_progress_text(text, context.node_id)
+
+
+class RunProgress:
+    """One monotone progress bar for a guided run: the sampler's steps plus the refinement budget.
+
+    Positions are fixed by the plan, not by what happens: sampler step i ends at ``i + 1 + budget(≤ i)`` and
+    refinement iteration k at step i sits at ``i + budget(< i) + k``, where ``budget`` sums ``max_iters`` over the
+    refinement steps. A refinement that stops early leaves its unused budget behind in one forward jump, so the
+    bar never goes back. The sampler's own bar (its preview callback) is moved onto the same total; what the
+    refinement is doing is shown as the node's progress text.
+    """
+
+    def __init__(self, plan, method: str):
+        self.steps, self.method = plan.total, method
+        r = plan.refinement
+        self.refine_steps = [] if r is None else \
+            sorted(i for i in plan.guided if plan.refine_at(i) and plan.alphas[i] != 0)
+        self.max_iters = r.max_iters if r is not None else 0
+        self.total = self.steps + self.max_iters * len(self.refine_steps)
+        self.pbar = None
+
+    def _budget_before(self, step: int) -> int:
+        return self.max_iters * sum(1 for s in self.refine_steps if s < step)
+
+    def after_step(self, i: int) -> int:
+        """Bar position once sampler step ``i`` (0-based) is done."""
+        return i + 1 + self._budget_before(i + 1)
+
+    def at_refinement(self, i: int, k: int) -> int:
+        """Bar position after refinement iteration ``k`` (1-based) at step ``i``."""
+        return i + self._budget_before(i) + min(k, self.max_iters)
+
+    def refinement(self, i: int, k: int) -> None:
+        if self.pbar is None:
+            self.pbar = comfy.utils.ProgressBar(self.total)
+        self.pbar.update_absolute(self.at_refinement(i, k), self.total)
+        _send_progress_text(f"{self.method}: refining step {i + 1} of {self.steps}, iteration {k} of at most "
+                            f"{self.max_iters}")
+
+    def refined(self, i: int, iterations: int) -> None:
+        if i in self.refine_steps:
+            _send_progress_text(f"{self.method}: step {i + 1} of {self.steps} refined in {iterations} of at most "
+                                f"{self.max_iters} iterations (bar: {self.steps} steps + "
+                                f"{self.total - self.steps} refinement iterations at most)")
+
+    def wrap_callback(self, callback):
+        """The sampler's per-step callback (preview + bar), its step and total moved onto this bar."""
+        if callback is None or not self.refine_steps:
+            return callback
+
+        def moved(step, x0, x, total_steps):
+            return callback(self.after_step(step) - 1, x0, x, self.total)
+        return moved
+
+
 class GuidedRun:
     """Guidance for one sampling run: the plan, the log, and the step function both paths call."""
 
     def __init__(self, guidance: GradientGuidance, log_: GuidanceLog, total_steps: int, verify: bool = False,
-                 check=None, expected_layers: int | None = None):
+                 check=None, read_layers: tuple = (), truncate: bool = True):
         self.guidance, self.log, self.verify, self.check = guidance, log_, verify, check
-        self.expected_layers = expected_layers
+        self.read_layers, self.truncate = read_layers, truncate
         self.plan = guidance.plan(total_steps)
-        self.pbar = None
+        self.progress = RunProgress(self.plan, guidance.objective.name)
         self.weights_ready = False
+        self._step = 0
+        self.halted: torch.Tensor | None = None    # [B] samples no longer guided (a runaway update was undone)
 
     def _progress(self, k: int, total: int) -> None:
-        if self.pbar is None or self.pbar.total != total:
-            self.pbar = comfy.utils.ProgressBar(total)
-        self.pbar.update_absolute(k, total)
+        self.progress.refinement(self._step, k)
 
     def step(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor, extra_args: dict) -> torch.Tensor:
         """The guided step i on x (k-diffusion space); returns the new latent."""
@@ -236,14 +301,33 @@ class GuidedRun:
         if not self.weights_ready:                 # once per run: the weights do not change during sampling
             deinference_(model_k.inner_model.inner_model.diffusion_model)
             self.weights_ready = True
-        gp = GradientPass(model_k, sigma, extra_args, self.guidance, self.check, self.expected_layers)
+        gp = GradientPass(model_k, sigma, extra_args, self.guidance, self.check, self.read_layers, self.truncate)
         self.check = None  # once per run
+        self._step = i
         x_new, rec = guided_step(x, i, float(sigma.reshape(-1)[0]), self.plan, gp,
                                  verify_fn=gp.loss_only if self.verify else None,
                                  check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-                                 progress=self._progress)
+                                 progress=self._progress, frozen=self.halted,
+                                 max_update_ratio=MAX_UPDATE_RATIO)
         self.log.steps.append(rec)
+        self._report_runaways(rec)
+        if rec.iterations is not None:
+            self.progress.refined(i, int(rec.iterations.max()))
         return x_new
+
+
+    def _report_runaways(self, rec) -> None:
+        new = rec.halted if self.halted is None else rec.halted & ~self.halted
+        self.halted = rec.halted if self.halted is None else self.halted | rec.halted
+        for b in new.nonzero().flatten().tolist():
+            ratio = float(rec.update_ratio[b])
+            what = "was not finite" if not math.isfinite(ratio) or not all(
+                math.isfinite(float(l[b])) for l in rec.losses) else \
+                f"changed the latent by {ratio:.3g}× its own RMS (at most {MAX_UPDATE_RATIO:g}× is allowed)"
+            note = (f"sample {b}: the update at step {rec.step} {what}; that step was undone and this sample is not "
+                    f"guided for the rest of the run (lower strength or scale_factor)")
+            self.log.notes.append(note)
+            logging.warning("Attention Align (%s): %s", self.guidance.objective.name, note)
 
 
 class GuidedProxy:
@@ -322,8 +406,9 @@ def chunked_function(original, run: GuidedRun):
 
 
 def make_sampler_wrapper(guidance: GradientGuidance, log_: GuidanceLog, force_path: str | None = None,
-                         verify: bool = False, check=None, expected_layers: int | None = None):
-    """The SAMPLER_SAMPLE wrapper that guides every sampling run of the model it is set on."""
+                         verify: bool = False, check=None, read_layers: tuple = (), truncate: bool = True):
+    """The SAMPLER_SAMPLE wrapper that guides every sampling run of the model it is set on; ``read_layers`` are the
+    replace keys of the layers the objective reads (gradient passes stop after them when ``truncate``)."""
     def wrapper(executor, guider, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                 disable_pbar=False):
         sampler = executor.class_obj
@@ -332,7 +417,7 @@ def make_sampler_wrapper(guidance: GradientGuidance, log_: GuidanceLog, force_pa
                              f"got {type(sampler).__name__}")
         path, label = choose_path(sampler, force_path)
         total = len(sigmas) - 1
-        run = GuidedRun(guidance, log_, total, verify, check, expected_layers)
+        run = GuidedRun(guidance, log_, total, verify, check, read_layers, truncate)
         log_.begin_run(guidance.objective.name, label, path, total)
         if path == "chunked" and label in CHUNKED_MODIFIED:
             log_.notes.append(f"{label}: no exact in-place update exists; the {len(run.plan.guided)} guided steps "
@@ -340,7 +425,8 @@ def make_sampler_wrapper(guidance: GradientGuidance, log_: GuidanceLog, force_pa
         original = sampler.sampler_function
         sampler.sampler_function = (in_place_function if path == "in_place" else chunked_function)(original, run)
         try:
-            return executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+            return executor(guider, sigmas, extra_args, run.progress.wrap_callback(callback), noise, latent_image,
+                            denoise_mask, disable_pbar)
         finally:
             sampler.sampler_function = original
     return wrapper
