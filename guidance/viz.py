@@ -65,13 +65,27 @@ def word_maps(maps: torch.Tensor, words: list[Word]) -> torch.Tensor:
 
 
 def heat_tiles(maps: torch.Tensor, size: tuple[int, int], background: torch.Tensor | None = None,
-               alpha: float = 0.55) -> torch.Tensor:
-    """Heat-map tiles ``[..., H, W, 3]`` for maps ``[..., h, w]``: bilinear to ``size``, min-max per map, turbo;
-    blended over ``background`` ``[..., H, W, 3]`` (broadcastable) with weight ``alpha`` when given."""
-    heat = colormap(normalize_each(resize_maps(maps, size)))
+               alpha: tuple[float, float] = (0.15, 0.85)) -> torch.Tensor:
+    """Heat-map tiles ``[..., H, W, 3]`` for maps ``[..., h, w]``: bilinear to ``size``, min-max per map, turbo.
+
+    Over a ``background`` ``[..., H, W, 3]`` (broadcastable) the colour's weight grows with the value, from
+    ``alpha[0]`` (coldest) to ``alpha[1]`` (hottest), and the background is shown as mid-range grey: hot spots keep
+    their colour on dark and on bright images alike (a constant blend over a dark image turns red into purple-brown),
+    cold regions show the image."""
+    value = normalize_each(resize_maps(maps, size))
+    heat = colormap(value)
     if background is None:
         return heat
-    return (alpha * heat + (1 - alpha) * background.float()).clamp(0, 1)
+    grey = (background.float() * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+    grey = (0.25 + 0.5 * grey).expand(*grey.shape[:-1], 3)
+    weight = (alpha[0] + (alpha[1] - alpha[0]) * value).unsqueeze(-1)
+    return (weight * heat + (1 - weight) * grey).clamp(0, 1)
+
+
+def colorbar(width: int, height: int) -> torch.Tensor:
+    """A horizontal turbo colour bar ``[height, width, 3]``: coldest (0) on the left, hottest (1) on the right."""
+    ramp = torch.linspace(0, 1, max(width, 1))
+    return colormap(ramp)[None].expand(height, -1, -1).clone()
 
 
 def matrix_pixels(matrix: torch.Tensor, cell: int, lower_only: bool = True) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..guidance.viz import matrix_pixels
+from ..guidance.viz import colorbar, matrix_pixels
 
 
 def _font(size: int):
@@ -26,49 +26,122 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
 
 
+def fit_text(draw: ImageDraw.ImageDraw, text: str, max_width: int, size: int, min_size: int = 7):
+    """``(font, text)`` that fits ``max_width`` px: the font shrinks down to ``min_size``, then the text is cut with
+    an ellipsis (never drawn past the edge)."""
+    for s in range(size, min_size - 1, -1):
+        font = _font(s)
+        if draw.textlength(text, font=font) <= max_width:
+            return font, text
+    font = _font(min_size)
+    while len(text) > 1 and draw.textlength(text + "…", font=font) > max_width:
+        text = text[:-1]
+    return font, text + "…"
+
+
 def label_tile(tile: torch.Tensor, text: str) -> torch.Tensor:
     """Write ``text`` on a dark box in the tile's top-left corner."""
     img = _to_pil(tile)
     draw = ImageDraw.Draw(img)
     size = max(10, min(img.size) // 14)
-    font = _font(size)
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
     pad = max(2, size // 4)
+    font, text = fit_text(draw, text, img.size[0] - 2 * pad, size)
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
     draw.rectangle((0, 0, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad), fill=(0, 0, 0))
     draw.text((pad - x0, pad - y0), text, fill=(255, 255, 255), font=font)
     return _to_tensor(img)
 
 
+def colorbar_height(h: int) -> int:
+    """Rows a colour bar with its labels takes at the bottom of an ``h`` px tile."""
+    return max(12, h // 20)
+
+
+def draw_colorbar(img: Image.Image, lo: float, hi: float, x0: int = 0, x1: int | None = None) -> None:
+    """A turbo colour bar across the bottom rows of ``img`` (between ``x0`` and ``x1``), labelled with the values its
+    ends stand for: the legend of a heat map normalised from ``lo`` (coldest) to ``hi`` (hottest)."""
+    w, h = img.size
+    x1 = w if x1 is None else x1
+    bar_h = colorbar_height(h)
+    top = h - bar_h
+    img.paste(_to_pil(colorbar(x1 - x0, bar_h)), (x0, top))
+    draw = ImageDraw.Draw(img)
+    size = max(7, bar_h - 4)
+    for text, align in ((f"{lo:.3g}", "left"), (f"{hi:.3g}", "right")):
+        font, text = fit_text(draw, text, (x1 - x0) // 2 - 4, size)
+        tw = draw.textlength(text, font=font)
+        x = x0 + 2 if align == "left" else x1 - 2 - tw
+        bb = draw.textbbox((x, top + 1), text, font=font)
+        draw.rectangle((bb[0] - 1, top, bb[2] + 1, h - 1), fill=(0, 0, 0))
+        draw.text((x, top + 1), text, fill=(255, 255, 255), font=font)
+
+
+def heat_tile_with_legend(tile: torch.Tensor, text: str, lo: float, hi: float) -> torch.Tensor:
+    """A heat-map tile with its word in the top-left corner and a colour bar from ``lo`` to ``hi`` at the bottom."""
+    img = _to_pil(label_tile(tile, text))
+    draw_colorbar(img, lo, hi)
+    return _to_tensor(img)
+
+
+def matrix_layout(n: int, labels: list[str], size: tuple[int, int], title: str) -> dict:
+    """Where :func:`matrix_tile` draws: font sizes, cell size, grid origin, which labels are drawn (every k-th when
+    cells are smaller than the smallest legible font) and every label's box, all inside the tile."""
+    h, w = size
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    base = max(9, min(h, w) // 22)
+    title_font, title_text = fit_text(probe, title, w - 8, base)
+    title_h = title_font.size + 8
+    bar_h = colorbar_height(h)
+    for font_size in range(base, 5, -1):
+        font = _font(font_size)
+        label_w = max((probe.textlength(s, font=font) for s in labels), default=0) + 6
+        side = min(w - label_w - 4, h - label_w - title_h - bar_h - 8)
+        cell = max(1, int(side) // max(n, 1))
+        if cell > font_size or font_size == 6:
+            break
+    text_h = font_size + 1
+    every = max(1, -(-text_h // cell))
+    x0, y0 = int(label_w), int(title_h + label_w)
+    boxes = []
+    for i, text in enumerate(labels):
+        if i % every:
+            continue
+        tw = probe.textlength(text, font=font)
+        cy = y0 + i * cell + cell // 2
+        boxes.append(("row", i, (x0 - 4 - tw, cy - text_h / 2, x0 - 4, cy + text_h / 2)))
+        cx = x0 + i * cell + cell // 2
+        boxes.append(("col", i, (cx - text_h / 2, y0 - 4 - tw, cx + text_h / 2, y0 - 4)))
+    return {"font": font, "title_font": title_font, "title": title_text, "cell": cell, "x0": x0, "y0": y0,
+            "every": every, "boxes": boxes, "bar_h": bar_h}
+
+
 def matrix_tile(matrix: torch.Tensor, labels: list[str], size: tuple[int, int], title: str) -> torch.Tensor:
-    """An ``[L, L]`` matrix as a heat map with ``labels`` on both axes and a title, fitted into ``size`` (H, W)."""
+    """An ``[L, L]`` matrix as a heat map with ``labels`` on both axes, a title and a colour bar (0 to the matrix's
+    maximum), fitted into ``size`` (H, W); with many tokens the labels shrink, then every k-th is drawn."""
     h, w = size
     n = matrix.shape[0]
     if len(labels) != n:
         raise ValueError(f"matrix has {n} rows but {len(labels)} labels were given")
+    lay = matrix_layout(n, labels, size, title)
+    font, cell, x0, y0 = lay["font"], lay["cell"], lay["x0"], lay["y0"]
     img = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    font_size = max(9, min(h, w) // 22)
-    font = _font(font_size)
-    label_w = max((draw.textbbox((0, 0), s, font=font)[2] for s in labels), default=0) + 6
-    title_h = font_size + 8
-    side = min(w - label_w - 4, h - label_w - title_h - 4)
-    cell = max(1, side // max(n, 1))
+    img.paste(_to_pil(matrix_pixels(matrix, cell)), (x0, y0))
+    draw.text((4, 2), lay["title"], fill=(0, 0, 0), font=lay["title_font"])
+    for kind, i, (bx0, by0, bx1, by1) in lay["boxes"]:
+        text = labels[i]
+        if kind == "row":
+            tb = draw.textbbox((0, 0), text, font=font)
+            draw.text((bx0, (by0 + by1) / 2 - (tb[3] - tb[1]) / 2 - tb[1]), text, fill=(0, 0, 0), font=font)
+        else:           # column labels: drawn on a small image and rotated to read bottom-up
+            tb = draw.textbbox((0, 0), text, font=font)
+            col = Image.new("RGB", (tb[2] - tb[0] + 2, tb[3] + 2), (255, 255, 255))
+            ImageDraw.Draw(col).text((-tb[0], 0), text, fill=(0, 0, 0), font=font)
+            col = col.rotate(90, expand=True)
+            img.paste(col, (int((bx0 + bx1) / 2 - col.size[0] / 2), int(by1 - col.size[1])))
     grid_px = cell * n
-    x0, y0 = label_w, title_h + label_w
-    pixels = matrix_pixels(matrix, cell)
-    img.paste(_to_pil(pixels), (x0, y0))
-    draw.text((4, 2), title, fill=(0, 0, 0), font=font)
-    for i, text in enumerate(labels):
-        cy = y0 + i * cell + cell // 2
-        tb = draw.textbbox((0, 0), text, font=font)
-        draw.text((x0 - 4 - (tb[2] - tb[0]), cy - (tb[3] - tb[1]) // 2 - tb[1]), text, fill=(0, 0, 0), font=font)
-        # column labels: drawn on a small image and rotated to read bottom-up
-        col = Image.new("RGB", (tb[2] - tb[0] + 2, tb[3] + 2), (255, 255, 255))
-        ImageDraw.Draw(col).text((-tb[0], 0), text, fill=(0, 0, 0), font=font)
-        col = col.rotate(90, expand=True)
-        cx = x0 + i * cell + cell // 2 - col.size[0] // 2
-        img.paste(col, (cx, y0 - 4 - col.size[1]))
     draw.rectangle((x0 - 1, y0 - 1, x0 + grid_px, y0 + grid_px), outline=(0, 0, 0))
+    draw_colorbar(img, 0.0, float(matrix.float().clamp_min(0).max()), x0, min(w, x0 + max(grid_px, w // 2)))
     return _to_tensor(img)
 
 
@@ -81,7 +154,8 @@ def line_plot_tile(xs: list[int], ys: list[float], size: tuple[int, int], title:
     img = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     font = _font(max(9, min(h, w) // 22))
-    draw.text((4, 2), title, fill=(0, 0, 0), font=font)
+    title_font, title = fit_text(draw, title, w - 8, font.size)
+    draw.text((4, 2), title, fill=(0, 0, 0), font=title_font)
     values = list(ys) + list(ends or [])
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     if hi - lo < 1e-12:

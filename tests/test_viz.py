@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_align.guidance.tokens import Word
-from attention_align.guidance.viz import (colormap, combine_sizes, grid, heat_tiles, matrix_pixels, normalize_each,
+from attention_align.guidance.viz import (colorbar, colormap, combine_sizes, grid, heat_tiles, matrix_pixels, normalize_each,
                                           word_maps)
 
 
@@ -36,9 +36,34 @@ def test_heat_tiles_blend_over_the_background():
     maps = torch.rand(2, 4, 4)
     bg = torch.rand(8, 8, 3)
     heat = heat_tiles(maps, (8, 8))
-    torch.testing.assert_close(heat_tiles(maps, (8, 8), bg, alpha=0.25), 0.25 * heat + 0.75 * bg)
+    value = normalize_each(F.interpolate(maps[:, None], size=(8, 8), mode="bilinear", align_corners=False)[:, 0])
+    grey = 0.25 + 0.5 * (bg * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+    weight = (0.1 + 0.8 * value)[..., None]
+    torch.testing.assert_close(heat_tiles(maps, (8, 8), bg, alpha=(0.1, 0.9)), weight * heat + (1 - weight) * grey)
     n = normalize_each(maps)
     assert n.amin(dim=(-1, -2)).eq(0).all() and n.amax(dim=(-1, -2)).eq(1).all()
+
+
+@pytest.mark.parametrize("shade", [0.0, 0.5, 1.0])
+def test_hot_spots_stay_red_and_cold_regions_show_the_image_on_any_background(shade):
+    """A constant-weight blend turned hot spots purple-brown on dark images; the hottest pixel must read as red
+    (turbo's hot end) whatever the image, and the coldest must stay closer to the image than to the colour map."""
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, 0] = 1.0
+    bg = torch.full((4, 4, 3), shade)
+    bg[..., 2] = 1.0 - shade                                   # dark, mid and bright backgrounds, some blue
+    tile = heat_tiles(maps, (4, 4), bg)[0]
+    r, g, b = tile[0, 0]
+    assert r > 0.5 and r > 3 * b and r > 3 * g               # turbo ends in dark red (0.57, 0.05, 0)
+    cold = tile[3, 3]
+    assert (cold - colormap(torch.tensor(0.0))).abs().sum() > 0.3
+
+
+def test_colorbar_runs_cold_to_hot():
+    bar = colorbar(32, 4)
+    assert bar.shape == (4, 32, 3)
+    torch.testing.assert_close(bar[0, 0], colormap(torch.tensor(0.0)))
+    torch.testing.assert_close(bar[3, -1], colormap(torch.tensor(1.0)))
 
 
 def test_grid_places_tiles_row_by_row():
