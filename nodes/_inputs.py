@@ -34,6 +34,17 @@ def guided_steps(default: int) -> io.Input:
                                 f"(official: {default}).")
 
 
+ALL_LEVELS = 0
+
+
+def recorded_level(name: str, help_text: str) -> io.Input:
+    """The map level of Capture and Visualize: the same numeric widget as the methods' ``level``, plus 0 = all."""
+    return io.Int.Input(name, default=ALL_LEVELS, min=0, max=64, step=8,
+                        tooltip=f"{help_text} As an image divisor like the methods' level: 8 = maps at the latent's "
+                                "resolution, 16, 32 (= 16×16 maps at 512 px for SD1.x, the papers' level), 64; "
+                                "0 = all levels.")
+
+
 def level() -> io.Input:
     return io.Int.Input("level", default=32, min=8, max=64, step=8,
                         tooltip="Maps to use, as an image divisor: 32 = 16×16 at 512 px for SD1.x (the papers'), "

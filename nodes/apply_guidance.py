@@ -12,7 +12,7 @@ class ApplyGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignApplyGuidance",
-            display_name="Apply Guidance (Attention Align)",
+            display_name="Apply Guidance",
             category=CATEGORY,
             description="Returns a copy of the model that applies the guidance whenever a sampler node runs it: "
                         "KSampler, KSampler (Advanced), SamplerCustom(Advanced), with any of ComfyUI's samplers.",

@@ -6,7 +6,7 @@ import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), not this pa
 from comfy_api.latest import io
 
 from ..guidance.maps import AttentionRecorder
-from ._guided import guided_model
+from ._guided import check_sizes, guided_model
 from ._unet import VAE_FACTOR, attach_observer, cross_attention_layers, layers_at
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, GuidanceType
 
@@ -16,7 +16,7 @@ class GuidedKSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignGuidedKSampler",
-            display_name="Guided KSampler (Attention Align)",
+            display_name="Guided KSampler",
             category=CATEGORY,
             description="KSampler that takes gradient steps on the latent during the first steps so that the "
                         "cross-attention follows the guidance objective. Also returns the positive prompt's "
@@ -48,9 +48,11 @@ class GuidedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 guidance) -> io.NodeOutput:
+        every_layer = cross_attention_layers(model)
+        check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
         m, log = guided_model(model, guidance)
-        layers = layers_at(cross_attention_layers(m), VAE_FACTOR * guidance.capture_downsample)
-        recorder = AttentionRecorder({layer.key for layer in layers})
+        layers = layers_at(every_layer, VAE_FACTOR * guidance.capture_downsample)
+        recorder = AttentionRecorder({layer.key: layer.downsample for layer in layers})
         attach_observer(m, layers, recorder)
         (latent,) = comfy_nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise=denoise)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
+from ..guidance.tokens import display_piece
 from ._select import PARSERS, NothingFound, groups_for, subjects_for
 from .types import CATEGORY, TextAttentionType
 
@@ -12,7 +13,7 @@ class ShowTokens(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignShowTokens",
-            display_name="Show Tokens (Attention Align)",
+            display_name="Show Tokens",
             category=CATEGORY,
             is_output_node=True,
             description="Shows the prompt's tokens and the subjects (Attend-and-Excite) and groups (SynGen) that "
@@ -29,7 +30,7 @@ class ShowTokens(io.ComfyNode):
     @classmethod
     def execute(cls, text_attention, subjects: str, groups: str, parser: str) -> io.NodeOutput:
         ta = text_attention
-        pieces = " ".join(f"{i}:{p.replace('</w>', '')}" for i, p in enumerate(ta.pieces[:ta.eos_index + 1]))
+        pieces = " ".join(f"{i}:{display_piece(p)}" for i, p in enumerate(ta.pieces[:ta.eos_index + 1]))
         lines = [f"tokens: {pieces}"]
         for resolve, spec, name in ((subjects_for, subjects, "subjects"), (groups_for, groups, "groups")):
             try:

@@ -17,7 +17,7 @@ class TextSelfAttention(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignTextSelfAttention",
-            display_name="Text Self-Attention (Attention Align)",
+            display_name="Text Self-Attention",
             category=CATEGORY,
             description="Encodes the prompt like CLIP Text Encode and records the text encoder's self-attention: "
                         "every layer and head, T as T-SAM defines it (mean over heads and layers, bos/eos/padding "
@@ -65,6 +65,6 @@ class TextSelfAttention(io.ComfyNode):
         result = TextAttention(encoder=name, prompt=text, probs=torch.stack(recorded), pieces=pieces,
                                token_ids=ids, gamma=gamma, context=conditioning[0][0].detach().float().cpu(),
                                embeddings=embedding_counts(clip, name, text))
-        image = matrix_tile(result.target(), [p.replace("</w>", "") for p in result.prompt_pieces], (512, 512),
+        image = matrix_tile(result.target(), result.prompt_labels, (512, 512),
                             f"T = text self-attention^{gamma:g} ({name})")
         return io.NodeOutput(result, image[None], conditioning)

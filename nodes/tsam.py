@@ -15,7 +15,7 @@ class TSAMGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignTSAM",
-            display_name="T-SAM Guidance (Attention Align)",
+            display_name="T-SAM Guidance",
             category=CATEGORY,
             description="T-SAM (Kim et al., CVPR 2025): during the first steps, gradient steps on the latent make the "
                         "similarity of the prompt tokens' cross-attention maps follow the text encoder's own "

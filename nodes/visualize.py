@@ -10,28 +10,27 @@ from ..guidance.similarity import tsam_similarity
 from ..guidance.text_attention import TextAttention
 from ..guidance.tokens import resolve_words
 from ..guidance.viz import combine_sizes, grid, heat_tiles, word_maps
-from ._render import label_tile, line_plot_tile, matrix_tile
+from ._inputs import ALL_LEVELS, recorded_level
+from ._render import heat_tile_with_legend, line_plot_tile, matrix_tile
 from ._unet import VAE_FACTOR
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
 DEFAULT_TILE = 512
 
 
-def _maps_at(recorder: AttentionRecorder, level: str) -> torch.Tensor:
-    """``[B, T, h, w]`` at one image divisor, or all recorded levels averaged at the finest size."""
-    sizes = recorder.sizes()
-    by_level = {VAE_FACTOR * recorder.divisor(s): s for s in sizes}
-    text = level.strip().lower().lstrip("÷/")
-    if text in ("", "all"):
-        return combine_sizes([recorder.mean(s) for s in sizes])
-    if not text.isdigit() or int(text) not in by_level:
-        raise ValueError(f"level: '{level}' was not recorded; use 'all' or one of "
+def _maps_at(recorder: AttentionRecorder, level: int) -> torch.Tensor:
+    """``[B, T, h, w]`` at one image divisor, or (0) all recorded levels averaged at the finest size."""
+    by_level = {VAE_FACTOR * ds: ds for ds in recorder.levels()}
+    if level == ALL_LEVELS:
+        return combine_sizes([recorder.mean(ds) for ds in recorder.levels()])
+    if level not in by_level:
+        raise ValueError(f"level: {level} was not recorded; use 0 (every recorded level) or one of "
                          f"{', '.join(str(k) for k in sorted(by_level))}")
-    return recorder.mean(by_level[int(text)])
+    return recorder.mean(by_level[level])
 
 
 def _pieces(ta: TextAttention) -> list[str]:
-    return [p.replace("</w>", "") for p in ta.prompt_pieces]
+    return ta.prompt_labels
 
 
 class VisualizeAttention(io.ComfyNode):
@@ -39,7 +38,7 @@ class VisualizeAttention(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignVisualize",
-            display_name="Visualize Attention (Attention Align)",
+            display_name="Visualize Attention",
             category=CATEGORY,
             description="Draws one labelled heat map per chosen word from captured cross-attention, over the "
                         "decoded image when given, plus T-SAM's text target T and the cross-attention similarity S "
@@ -56,9 +55,8 @@ class VisualizeAttention(io.ComfyNode):
                 io.String.Input("words", default="",
                                 tooltip="Words to show, comma-separated (e.g. 'car, bench', a second occurrence "
                                         "as 'dog#2'); empty = every word of the prompt."),
-                io.String.Input("level", default="all",
-                                tooltip="Map resolution as an image divisor (8, 16, 32, 64) or 'all' to average "
-                                        "every recorded level. S is computed from the same maps."),
+                recorded_level("level", "Which recorded resolution to draw (0 averages every recorded level); "
+                                        "S is computed from the same maps."),
                 io.Int.Input("columns", default=4, min=1, max=16, tooltip="Tiles per row of the grid."),
             ],
             outputs=[
@@ -69,7 +67,7 @@ class VisualizeAttention(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, words: str, level: str, columns: int, attention_maps=None, text_attention=None,
+    def execute(cls, words: str, level: int, columns: int, attention_maps=None, text_attention=None,
                 image=None, guidance_log=None) -> io.NodeOutput:
         if attention_maps is None and text_attention is None and guidance_log is None:
             raise ValueError("attention_maps / text_attention / guidance_log: connect at least one of them")
@@ -98,8 +96,10 @@ class VisualizeAttention(io.ComfyNode):
             sim = tsam_similarity(maps[:, 1:ta.eos_index])                   # [B, L, L]
             for i in range(n_items):
                 bg = image[min(i, image.shape[0] - 1)].float().cpu() if image is not None else None
-                heat = heat_tiles(per_word[min(i, b - 1)], size, bg)         # [n, H, W, 3]
-                item = [label_tile(t, w.label) for t, w in zip(heat, chosen)]
+                item_maps = per_word[min(i, b - 1)]                          # [n, h, w]
+                heat = heat_tiles(item_maps, size, bg)                       # [n, H, W, 3]
+                item = [heat_tile_with_legend(t, w.label, float(m.min()), float(m.max()))
+                        for t, w, m in zip(heat, chosen, item_maps)]
                 item.append(matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention"))
                 item.append(matrix_tile(sim[min(i, b - 1)], _pieces(ta), size, "S: cross-attention similarity"))
                 tiles.append(item)

@@ -68,7 +68,7 @@ def loaded(host, tiny_ckpt):
 
 
 def capture_graph(ckpt, prompt=PROMPT, capture=True, size=128, steps=4, sampler="euler_ancestral", batch=1,
-                  words="", levels="all", record_steps=False, level="all", seed=3) -> dict:
+                  words="", levels=0, record_steps=False, level=0, seed=3) -> dict:
     """API-format graph: checkpoint → text self-attention (positive) → [capture] → KSampler → VAE decode →
     [visualise]. Node ids: ckpt, text, neg, latent, sample, decode, capture, viz."""
     g = {

@@ -91,24 +91,26 @@ def test_captured_maps_have_the_expected_shapes_and_sum_to_one(host, tiny_ckpt):
     out = host.run(graph(tiny_ckpt, batch=2, size=128, steps=3, sampler="euler", record_steps=True))
     rec = out["capture"][1]
     assert rec.latent_size == (16, 16)
-    assert rec.sizes() == [(16, 16), (8, 8), (4, 4)]              # the tiny model's three levels at 128 px
+    assert rec.levels() == [1, 2, 4]                              # the tiny model's three levels
+    assert [rec.size(v) for v in rec.levels()] == [(16, 16), (8, 8), (4, 4)]      # at 128 px
     assert len(rec.layers_seen) == 10
-    for h, w in rec.sizes():
-        maps = rec.mean((h, w))
+    for level in rec.levels():
+        (h, w), maps = rec.size(level), rec.mean(level)
         assert maps.shape == (2, 77, h, w)
         torch.testing.assert_close(maps.sum(1), torch.ones(2, h, w), rtol=0, atol=1e-5)
         assert not torch.allclose(maps[0], maps[1], atol=1e-3)   # each sample has its own maps
     assert [(s.step, s.exact) for s in rec.steps] == [(0, True), (1, True), (2, True)]
     # the per-step maps average to the overall mean (every step saw the same layers)
-    mean_of_steps = torch.stack([s.mean((4, 4)) for s in rec.steps]).mean(0)
-    torch.testing.assert_close(mean_of_steps, rec.mean((4, 4)))
+    mean_of_steps = torch.stack([s.mean(4) for s in rec.steps]).mean(0)
+    torch.testing.assert_close(mean_of_steps, rec.mean(4))
 
 
 def test_levels_select_resolutions_and_unknown_levels_are_refused(host, tiny_ckpt):
-    rec = host.run(graph(tiny_ckpt, levels="32", steps=2))["capture"][1]
-    assert rec.sizes() == [(4, 4)] and len(rec.layers_seen) == 4
-    with pytest.raises(Exception, match="levels: '64' is not a cross-attention level of this model.*8, 16, 32"):
-        host.run(graph(tiny_ckpt, levels="64", steps=2))
+    rec = host.run(graph(tiny_ckpt, levels=32, steps=2))["capture"][1]
+    assert rec.levels() == [4] and rec.size(4) == (4, 4) and len(rec.layers_seen) == 4
+    with pytest.raises(Exception, match=r"levels: 64 is not a cross-attention level of this model; use 0 \(all "
+                                        r"levels\) or one of 8, 16, 32"):
+        host.run(graph(tiny_ckpt, levels=64, steps=2))
 
 
 def test_visualisation_returns_images_and_labels_of_the_prompt(host, tiny_ckpt):
@@ -133,7 +135,7 @@ def test_visualisation_returns_images_and_labels_of_the_prompt(host, tiny_ckpt):
                        "blue, bench"),
     ({"prompt": "   "}, "text: the prompt is empty"),
     ({"prompt": " ".join(["red car"] * 40)}, "text: the prompt has 80 tokens, more than fit in one 77-token window"),
-    ({"level": "16x"}, "level: '16x' was not recorded"),
+    ({"level": 64}, "level: 64 was not recorded; use 0 (every recorded level) or one of 8, 16, 32"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(host, tiny_ckpt, kwargs, message):
     from headless import ExecutionFailed
@@ -145,15 +147,15 @@ def test_bad_input_is_refused_with_a_clear_message(host, tiny_ckpt, kwargs, mess
 
 def test_visualising_before_sampling_is_refused(host, loaded):
     model = loaded[0]
-    _, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(model, "all", False).args
+    _, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(model, 0, False).args
     ta = host.run({"c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
                    "t": {"class_type": "AttentionAlignTextSelfAttention",
                          "inputs": {"clip": ["c", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}}})["t"][0]
     with pytest.raises(ValueError, match="attention_maps: nothing was recorded yet"):
-        host.node_class("AttentionAlignVisualize").execute("", "all", 4, attention_maps=recorder, text_attention=ta)
+        host.node_class("AttentionAlignVisualize").execute("", 0, 4, attention_maps=recorder, text_attention=ta)
     filled = host.run(graph("tiny_sd15.safetensors", steps=2))["capture"][1]
     with pytest.raises(ValueError, match="text_attention: needed with attention_maps"):
-        host.node_class("AttentionAlignVisualize").execute("", "all", 4, attention_maps=filled)
+        host.node_class("AttentionAlignVisualize").execute("", 0, 4, attention_maps=filled)
 
 
 def test_text_attention_hooks_are_removed_when_encoding_fails(host, loaded):
@@ -192,7 +194,7 @@ def test_capture_wraps_another_packs_replace_instead_of_dropping_it(host, loaded
         return comfy_nodes.common_ksampler(m, 5, 2, 7.0, "euler", "normal", pos, neg, latent)[0]["samples"]
 
     stock, with_foreign = sample(model), sample(other)
-    captured_model, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(other, "all", False).args
+    captured_model, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(other, 0, False).args
     with_both = sample(captured_model)
     assert not torch.equal(stock, with_foreign)
     assert torch.equal(with_both, with_foreign)                   # the foreign replace still ran
@@ -218,4 +220,4 @@ def test_capture_refuses_a_model_without_unet_cross_attention(host):
     patcher = comfy.model_patcher.ModelPatcher(DiTModel(), torch.device("cpu"), torch.device("cpu"))
     with pytest.raises(ValueError, match="model: this model's diffusion network is Flux, which has no UNet "
                                          "cross-attention layers"):
-        host.node_class("AttentionAlignCaptureCrossAttention").execute(patcher, "all", False)
+        host.node_class("AttentionAlignCaptureCrossAttention").execute(patcher, 0, False)
