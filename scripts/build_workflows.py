@@ -15,30 +15,68 @@ from headless import REPO_ROOT, ComfyHost, api_to_ui, find_comfyui
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 
+#: node body heights (title bar excluded) as frontend 1.27.10 draws these nodes; a node is never drawn smaller than
+#: its widgets need, so a saved size below this would make nodes overlap on the canvas (tests/test_browser.py checks)
+HEIGHT = {"CheckpointLoaderSimple": 160, "CLIPTextEncode": 160, "EmptyLatentImage": 160, "KSampler": 262,
+          "VAEDecode": 160, "SaveImage": 300, "PreviewImage": 300, "AttentionAlignTextSelfAttention": 176,
+          "AttentionAlignCaptureCrossAttention": 160, "AttentionAlignApplyGuidance": 160,
+          "AttentionAlignGuidedKSampler": 282, "AttentionAlignVisualize": 166, "AttentionAlignShowTokens": 260,
+          "AttentionAlignTSAM": 202, "AttentionAlignAttendExcite": 246, "AttentionAlignSynGen": 198,
+          "AttentionAlignAttentionRegulation": 246, "AttentionAlignAttentionModulation": 246}
+TITLE_H, GAP_X, GAP_Y, MARGIN = 30, 60, 40, 40
+#: the view the frontend opens the workflows with: text is drawn from about 57 % zoom (LiteGraph's low-quality
+#: threshold at 1× pixel ratio); 75 % keeps widget text legible on a laptop screen
+VIEW_SCALE = 0.75
 
-def capture_and_visualise() -> tuple[dict, dict]:
+
+def node_width(title: str) -> int:
+    """Wide enough for the title beside the node-source badge (about 7 px per character at the title font)."""
+    return max(320, 7 * len(title) + 140)
+
+
+def layout(prompt: dict, host: ComfyHost, columns: list[list[str]]) -> tuple[dict, dict, dict]:
+    """Positions, sizes and the opening view for nodes arranged in ``columns`` (left to right, top to bottom)."""
+    import nodes as comfy_nodes
+
+    positions, sizes, x = {}, {}, MARGIN
+    for column in columns:
+        titles = {nid: comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS.get(prompt[nid]["class_type"], prompt[nid]["class_type"])
+                  for nid in column}
+        width, y = max(node_width(t) for t in titles.values()), MARGIN + TITLE_H
+        for nid in column:
+            height = HEIGHT.get(prompt[nid]["class_type"], 200)
+            positions[nid], sizes[nid] = (x, y), (width, height)
+            y += height + TITLE_H + GAP_Y
+        x += width + GAP_X
+    missing = set(prompt) - set(positions)
+    if missing:
+        raise ValueError(f"layout: nodes {sorted(missing)} have no column")
+    # the graph's top-left corner (MARGIN, MARGIN) just below the frontend's menu and tabs, right of its sidebar
+    view = {"scale": VIEW_SCALE, "offset": [60 / VIEW_SCALE - MARGIN, 100 / VIEW_SCALE - MARGIN]}
+    return positions, sizes, view
+
+
+def capture_and_visualise() -> tuple[dict, list[list[str]]]:
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
         "2": {"class_type": "AttentionAlignTextSelfAttention",
               "inputs": {"clip": ["1", 1], "text": "a red car and a blue bench", "encoder": "auto", "gamma": 3.0}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry, low quality"}},
         "4": {"class_type": "AttentionAlignCaptureCrossAttention",
-              "inputs": {"model": ["1", 0], "levels": "all", "record_steps": False}},
+              "inputs": {"model": ["1", 0], "levels": 0, "record_steps": False}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
         "6": {"class_type": "KSampler", "inputs": {
             "model": ["4", 0], "seed": 4913, "steps": 20, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
             "positive": ["2", 2], "negative": ["3", 0], "latent_image": ["5", 0], "denoise": 1.0}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
         "8": {"class_type": "AttentionAlignVisualize", "inputs": {
-            "attention_maps": ["4", 1], "text_attention": ["2", 0], "image": ["7", 0], "words": "", "level": "all",
+            "attention_maps": ["4", 1], "text_attention": ["2", 0], "image": ["7", 0], "words": "", "level": 0,
             "columns": 4}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "attention_align/maps"}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "attention_align/image"}},
         "11": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
     }
-    positions = {"1": (40, 320), "2": (420, 60), "3": (420, 330), "4": (420, 560), "5": (420, 760), "6": (860, 300),
-                 "11": (860, 20), "7": (1220, 300), "10": (1220, 540), "8": (1600, 300), "9": (2000, 300)}
-    return prompt, positions
+    return prompt, [["1", "5"], ["2", "3", "4"], ["6", "11"], ["7", "10"], ["8", "9"]]
 
 
 def _head(prompt_text: str) -> dict:
@@ -51,7 +89,8 @@ def _head(prompt_text: str) -> dict:
     }
 
 
-def _guided(prompt_text: str, seed: int, method: dict, prefix: str, show_tokens: bool = True) -> tuple[dict, dict]:
+def _guided(prompt_text: str, seed: int, method: dict, prefix: str,
+            show_tokens: bool = True) -> tuple[dict, list[list[str]]]:
     """Checkpoint → Text Self-Attention → method node → Guided KSampler → decode/save, + maps, [+ Show Tokens]."""
     prompt = {
         **_head(prompt_text),
@@ -65,48 +104,48 @@ def _guided(prompt_text: str, seed: int, method: dict, prefix: str, show_tokens:
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": f"attention_align/{prefix}"}},
         "9": {"class_type": "AttentionAlignVisualize", "inputs": {
             "attention_maps": ["6", 1], "text_attention": ["2", 0], "image": ["7", 0], "guidance_log": ["6", 2],
-            "words": "", "level": "32", "columns": 4}},
+            "words": "", "level": 32, "columns": 4}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0],
                                                      "filename_prefix": f"attention_align/{prefix}_maps"}},
         "11": {"class_type": "AttentionAlignShowTokens", "inputs": {
             "text_attention": ["2", 0], "subjects": method["inputs"].get("subjects", ""),
             "groups": method["inputs"].get("groups", ""), "parser": "builtin"}},
     }
-    positions = {"1": (40, 320), "2": (420, 60), "3": (420, 330), "4": (860, 20), "5": (420, 560), "6": (860, 360),
-                 "7": (1240, 360), "8": (1240, 560), "9": (1600, 360), "10": (2000, 360), "11": (1240, 40)}
+    columns = [["1"], ["2", "3", "5"], ["4", "6"], ["11", "7", "8"], ["9", "10"]]
     if not show_tokens:
-        del prompt["11"], positions["11"]
-    return prompt, positions
+        del prompt["11"]
+        columns[3].remove("11")
+    return prompt, columns
 
 
-def tsam() -> tuple[dict, dict]:
+def tsam() -> tuple[dict, list[list[str]]]:
     return _guided("a black car and a white clock", 4913, {"class_type": "AttentionAlignTSAM", "inputs": {
         "text_attention": ["2", 0], "loss": "paper", "strength": 1.0, "scale_factor": 5.0, "guided_steps": 30,
         "refine": "official", "threshold_per_token": 0.14, "level": 32}}, "tsam", show_tokens=False)
 
 
-def attend_and_excite() -> tuple[dict, dict]:
+def attend_and_excite() -> tuple[dict, list[list[str]]]:
     return _guided("a cat and a frog", 42, {"class_type": "AttentionAlignAttendExcite", "inputs": {
         "text_attention": ["2", 0], "subjects": "cat, frog", "parser": "builtin", "softmax": "official",
         "strength": 1.0, "scale_factor": 20.0, "guided_steps": 25, "max_refinement_steps": 20, "level": 32}},
         "attend_and_excite")
 
 
-def syngen() -> tuple[dict, dict]:
+def syngen() -> tuple[dict, list[list[str]]]:
     return _guided("a checkered bowl on a red and blue table", 1924, {"class_type": "AttentionAlignSynGen", "inputs": {
         "text_attention": ["2", 0], "groups": "", "parser": "builtin", "strength": 1.0, "scale_factor": 20.0,
         "guided_steps": 25, "level": 32}}, "syngen")
 
 
 def _patched(prompt_text: str, seed: int, sampler: str, steps: int, method: dict, prefix: str,
-             plot: bool) -> tuple[dict, dict]:
+             plot: bool) -> tuple[dict, list[list[str]]]:
     """Checkpoint → method → Apply Guidance → Capture → the stock KSampler → decode/save + maps (the MODEL route)."""
     prompt = {
         **_head(prompt_text),
         "4": method,
         "5": {"class_type": "AttentionAlignApplyGuidance", "inputs": {"model": ["1", 0], "guidance": ["4", 0]}},
         "6": {"class_type": "AttentionAlignCaptureCrossAttention",
-              "inputs": {"model": ["5", 0], "levels": "32", "record_steps": False}},
+              "inputs": {"model": ["5", 0], "levels": 32, "record_steps": False}},
         "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
         "8": {"class_type": "KSampler", "inputs": {
             "model": ["6", 0], "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": sampler,
@@ -115,24 +154,21 @@ def _patched(prompt_text: str, seed: int, sampler: str, steps: int, method: dict
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": f"attention_align/{prefix}"}},
         "11": {"class_type": "AttentionAlignVisualize", "inputs": {
-            "attention_maps": ["6", 1], "text_attention": ["2", 0], "image": ["9", 0], "words": "", "level": "32",
+            "attention_maps": ["6", 1], "text_attention": ["2", 0], "image": ["9", 0], "words": "", "level": 32,
             "columns": 4, **({"guidance_log": ["5", 1]} if plot else {})}},
         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0],
                                                      "filename_prefix": f"attention_align/{prefix}_maps"}},
     }
-    positions = {"1": (40, 320), "2": (420, 60), "3": (420, 330), "4": (860, 20), "5": (860, 360), "6": (860, 520),
-                 "7": (420, 560), "8": (1240, 360), "9": (1600, 360), "10": (1600, 560), "11": (1960, 360),
-                 "12": (2360, 360)}
-    return prompt, positions
+    return prompt, [["1", "7"], ["2", "3"], ["4", "5", "6"], ["8"], ["9", "11"], ["10", "12"]]
 
 
-def attention_regulation() -> tuple[dict, dict]:
+def attention_regulation() -> tuple[dict, list[list[str]]]:
     return _patched("a cat and a dog", 42, "dpmpp_2m", 50, {"class_type": "AttentionAlignAttentionRegulation", "inputs": {
         "text_attention": ["2", 0], "targets": "cat, dog", "parser": "builtin", "seed": 42, "edit_steps": 25,
         "iterations": 20, "learning_rate": 100.0, "level": 32}}, "attention_regulation", plot=True)
 
 
-def attention_modulation() -> tuple[dict, dict]:
+def attention_modulation() -> tuple[dict, list[list[str]]]:
     return _patched("a red car and a blue bench", 7, "euler", 30, {"class_type": "AttentionAlignAttentionModulation",
                     "inputs": {"text_attention": ["2", 0], "entities": "", "parser": "builtin", "temperature": 0.8,
                                "temperature_until": 0.3, "mask_until": 0.4, "noun_weight": 1.5,
@@ -145,15 +181,21 @@ WORKFLOWS = {"capture_and_visualise_sd15.json": capture_and_visualise, "tsam_sd1
              "attend_and_excite_sd15.json": attend_and_excite, "syngen_sd15.json": syngen}
 
 
+def ui_workflow(name: str, host: ComfyHost) -> dict:
+    """The UI-format workflow ``name`` as the generator writes it from today's node schemas."""
+    prompt, columns = WORKFLOWS[name]()
+    positions, sizes, view = layout(prompt, host, columns)
+    return api_to_ui(prompt, host, positions, sizes, view)
+
+
 def main() -> None:
     comfy = find_comfyui()
     if comfy is None:
         sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
     host = ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_build_")))
     for name, make in WORKFLOWS.items():
-        prompt, positions = make()
         path = REPO_ROOT / "workflows" / name
-        path.write_text(json.dumps(api_to_ui(prompt, host, positions), indent=1) + "\n")
+        path.write_text(json.dumps(ui_workflow(name, host), indent=1) + "\n")
         print("wrote", path.relative_to(REPO_ROOT))
 
 

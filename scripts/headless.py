@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "attention_align"
+PACK_NAME = "attention-align"   # the install folder; the frontend's node badge shows it
 
 
 def find_comfyui(repo_root: Path = REPO_ROOT) -> Path | None:
@@ -53,9 +53,12 @@ class _Server:
     client_id = None
     last_node_id = None
     last_prompt_id = None
+    #: optional ``listener(event, data)`` that sees every event the executor sends (e.g. "executing")
+    listener = None
 
     def send_sync(self, event, data, sid=None):
-        pass
+        if self.listener is not None:
+            self.listener(event, data)
 
 
 class ComfyHost:
@@ -112,11 +115,12 @@ class ComfyHost:
         return self.base_dir / "models" / "checkpoints" / name
 
     # -- running ------------------------------------------------------------------------------------
-    def run(self, prompt: dict, fresh: bool = False) -> dict:
+    def run(self, prompt: dict, fresh: bool = False, workflow: dict | None = None) -> dict:
         """Validate and execute an API-format prompt; returns ``{node_id: [output_0, output_1, …]}``.
 
         Raises :class:`ExecutionFailed` with the node's exception message if a node fails, and ``ValueError`` if
-        ComfyUI's validation rejects the prompt. ``fresh`` drops ComfyUI's output cache first.
+        ComfyUI's validation rejects the prompt. ``fresh`` drops ComfyUI's output cache first. ``workflow`` (the
+        UI-format graph the prompt came from) is embedded in saved PNGs next to the prompt, as the frontend does.
         """
         if fresh:
             self.executor.reset()
@@ -131,7 +135,10 @@ class ComfyHost:
         if not valid[0]:
             raise ValueError(f"ComfyUI rejected the prompt: {json.dumps(valid[1])} {json.dumps(valid[3], default=str)}")
         targets = [nid for nid in valid[2] if nid in prompt] + leaves
-        self.executor.execute(prompt, pid, {}, targets)
+        extra = {"extra_pnginfo": {"workflow": workflow}} if workflow is not None else {}
+        if self.executor.server.listener is not None:
+            extra["client_id"] = "headless"        # the executor sends "executing" events only when a client listens
+        self.executor.execute(prompt, pid, extra, targets)
         if not self.executor.success:
             for event, data in self.executor.status_messages:
                 if event == "execution_error":
@@ -181,6 +188,18 @@ def _has_control_widget(name: str, spec: tuple) -> bool:
     return bool(opts.get("control_after_generate")) or (name in ("seed", "noise_seed") and spec[0] == "INT")
 
 
+def widget_slots(host: ComfyHost, class_type: str) -> tuple[dict[str, int], int]:
+    """``({input name: index in widgets_values}, length of widgets_values)`` for a node type, as the frontend stores
+    them: schema order, one extra entry (e.g. ``"fixed"``) after every seed widget with a control-after-generate
+    menu."""
+    slots, pos = {}, 0
+    for name, spec in host.input_order(class_type):
+        if _is_widget(spec):
+            slots[name] = pos
+            pos += 2 if _has_control_widget(name, spec) else 1
+    return slots, pos
+
+
 def ui_to_api(workflow: dict, host: ComfyHost) -> dict:
     """Convert a UI-format workflow to an API prompt, as the frontend's graphToPrompt does.
 
@@ -195,19 +214,15 @@ def ui_to_api(workflow: dict, host: ComfyHost) -> dict:
             continue
         if node.get("mode", 0) != 0:
             raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed; not supported here")
-        order = host.input_order(node["type"])
         values = list(node.get("widgets_values") or [])
         inputs: dict[str, object] = {}
-        pos = 0
-        for name, spec in order:
-            if not _is_widget(spec):
-                continue
+        slots, expected = widget_slots(host, node["type"])
+        for name, pos in slots.items():
             if pos >= len(values):
                 raise ValueError(f"node {node['id']} ({node['type']}): widgets_values has no value for '{name}'")
             inputs[name] = values[pos]
-            pos += 2 if _has_control_widget(name, spec) else 1
-        if pos != len(values):
-            raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values, {pos} expected")
+        if expected != len(values):
+            raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values, {expected} expected")
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]
@@ -216,13 +231,16 @@ def ui_to_api(workflow: dict, host: ComfyHost) -> dict:
     return prompt
 
 
-def api_to_ui(prompt: dict, host: ComfyHost, positions: dict[str, tuple[int, int]] | None = None) -> dict:
-    """Build a UI-format workflow (format version 0.4) from an API prompt, with node sizes left to the frontend.
+def api_to_ui(prompt: dict, host: ComfyHost, positions: dict[str, tuple[int, int]] | None = None,
+              sizes: dict[str, tuple[int, int]] | None = None, view: dict | None = None) -> dict:
+    """Build a UI-format workflow (format version 0.4) from an API prompt.
 
     Every linked input becomes a socket entry; widget values are written positionally (with ``"fixed"`` after
-    seed widgets). Output slots are typed from the node classes.
+    seed widgets). Output slots are typed from the node classes. ``sizes`` are minimum node sizes (the frontend
+    enlarges a node to fit its widgets, never shrinks it; default 320×160); ``view`` (``{"scale", "offset"}``) is
+    the canvas view the frontend restores on loading.
     """
-    positions = positions or {}
+    positions, sizes = positions or {}, sizes or {}
     ids = {nid: int(nid) for nid in prompt}
     links: list[list] = []
     out_links: dict[tuple[int, int], list[int]] = {}
@@ -258,7 +276,8 @@ def api_to_ui(prompt: dict, host: ComfyHost, positions: dict[str, tuple[int, int
                     values.append("fixed")
         x, y = positions.get(nid, (100 + 340 * order_idx, 100))
         nodes_ui.append({
-            "id": ids[nid], "type": node["class_type"], "pos": [x, y], "size": [320, 160], "flags": {},
+            "id": ids[nid], "type": node["class_type"], "pos": [x, y], "size": list(sizes.get(nid, (320, 160))),
+            "flags": {},
             "order": order_idx, "mode": 0, "inputs": in_slots,
             "outputs": [{"name": n, "type": t, "links": None, "slot_index": i}
                         for i, (t, n) in enumerate(zip(cls.RETURN_TYPES, getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES))],
@@ -268,7 +287,7 @@ def api_to_ui(prompt: dict, host: ComfyHost, positions: dict[str, tuple[int, int
         for o in n["outputs"]:
             o["links"] = out_links.get((n["id"], o["slot_index"]), [])
     return {"last_node_id": max(ids.values()), "last_link_id": len(links), "nodes": nodes_ui, "links": links,
-            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": view} if view else {}, "version": 0.4}
 
 
 def quiet_logging() -> None:

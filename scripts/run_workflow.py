@@ -15,20 +15,79 @@ import sys
 import time
 from pathlib import Path
 
-from headless import ComfyHost, find_comfyui, ui_to_api
+from headless import ComfyHost, find_comfyui, ui_to_api, widget_slots
 
 TINY = "tiny_sd15.safetensors"
 
 
-def apply_tiny(prompt: dict, size: int, steps: int | None) -> None:
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = TINY
-        if node["class_type"] == "EmptyLatentImage":
-            inputs["width"] = inputs["height"] = size
-        if steps is not None and "steps" in inputs and not isinstance(inputs["steps"], list):
-            inputs["steps"] = steps
+def tiny_workflow(workflow: dict, host: ComfyHost, size: int = 128, steps: int | None = None,
+                  ckpt: str = TINY) -> dict:
+    """A copy of a UI-format workflow that runs on the tiny model: every checkpoint loader set to ``ckpt``, every
+    empty latent ``size`` px, and (when given) every ``steps`` widget set to ``steps``. The copy is what gets
+    embedded in the saved PNGs, so dropping one on ComfyUI loads the graph that made it."""
+    wf = json.loads(json.dumps(workflow))
+    for node in wf["nodes"]:
+        if node["type"] in ("Note", "MarkdownNote"):
+            continue
+        values = node.get("widgets_values") or []
+        slots, _ = widget_slots(host, node["type"])
+        if node["type"] == "CheckpointLoaderSimple":
+            values[slots["ckpt_name"]] = ckpt
+        if node["type"] == "EmptyLatentImage":
+            values[slots["width"]] = values[slots["height"]] = size
+        if steps is not None and "steps" in slots and not _linked(node, "steps"):
+            values[slots["steps"]] = steps
+    return wf
+
+
+class ProgressPrinter:
+    """Prints what a headless run is doing: each node as it starts and its progress bar in steps of 10 %, so a long
+    run (the methods' refinement loops) is never silent. Hooks ComfyUI's progress bar and execution events."""
+
+    def __init__(self, host: ComfyHost, out=None):
+        import comfy.utils
+
+        self.host, self.out, self.prompt, self.last = host, out or sys.stdout, {}, {}
+        self.events: list[tuple[str, int, int]] = []          # (node id, value, total) as reported
+        comfy.utils.set_progress_bar_global_hook(self.progress)
+        host.executor.server.listener = self.executing
+
+    def close(self) -> None:
+        """Unhook from ComfyUI (progress bar hook and execution events)."""
+        import comfy.utils
+
+        comfy.utils.set_progress_bar_global_hook(None)
+        self.host.executor.server.listener = None
+
+    def start(self, prompt: dict) -> None:
+        self.prompt, self.last, self.events = prompt, {}, []
+
+    def _name(self, node_id) -> str:
+        import nodes as comfy_nodes
+
+        kind = self.prompt.get(str(node_id), {}).get("class_type", "?")
+        return f"node {node_id} ({comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind)})"
+
+    def executing(self, event: str, data: dict) -> None:
+        if event == "executing" and data.get("node") is not None:
+            print(f"  {self._name(data['node'])} …", file=self.out, flush=True)
+
+    def progress(self, value, total, preview=None, node_id=None) -> None:
+        from comfy_execution.utils import get_executing_context
+
+        if node_id is None:
+            context = get_executing_context()
+            node_id = context.node_id if context is not None else "?"
+        self.events.append((str(node_id), int(value), int(total)))
+        tenth = int(10 * value / max(total, 1))
+        if self.last.get(node_id) != tenth:
+            self.last[node_id] = tenth
+            print(f"    {self._name(node_id)}: {value}/{total} ({100 * value / max(total, 1):.0f} %)", file=self.out,
+                  flush=True)
+
+
+def _linked(node: dict, name: str) -> bool:
+    return any(slot.get("name") == name and slot.get("link") is not None for slot in node.get("inputs", []))
 
 
 def main() -> None:
@@ -52,15 +111,19 @@ def main() -> None:
 
         print(f"building the tiny checkpoint {TINY} …", flush=True)
         tiny_checkpoint.build(str(host.checkpoint_path(TINY)))
-    for wf in a.workflow:
-        prompt = ui_to_api(json.loads(Path(wf).read_text()), host)
+    printer = ProgressPrinter(host)
+    for n, wf in enumerate(a.workflow, 1):
+        ui = json.loads(Path(wf).read_text())
         if a.tiny:
-            apply_tiny(prompt, a.size, a.steps)
+            ui = tiny_workflow(ui, host, a.size, a.steps)
+        prompt = ui_to_api(ui, host)
         if a.api_out:
             Path(a.api_out).mkdir(parents=True, exist_ok=True)
             (Path(a.api_out) / f"{Path(wf).stem}_api.json").write_text(json.dumps(prompt, indent=1) + "\n")
+        print(f"[{n}/{len(a.workflow)}] {wf} …", flush=True)
         t0 = time.time()
-        host.run(prompt)
+        printer.start(prompt)
+        host.run(prompt, workflow=ui)
         saved = []
         for ui in host.ui_outputs.values():
             for img in ui.get("images", []):
@@ -70,7 +133,7 @@ def main() -> None:
                 dst = out / f"{Path(wf).stem}__{img['filename']}"
                 shutil.copyfile(src, dst)
                 saved.append(dst)
-        print(f"{wf}: ran in {time.time() - t0:.1f} s; wrote " + ", ".join(str(p) for p in saved))
+        print(f"[{n}/{len(a.workflow)}] {wf}: ran in {time.time() - t0:.1f} s; wrote " + ", ".join(str(p) for p in saved))
         for node_id, ui in host.ui_outputs.items():
             for text in ui.get("text", []):
                 print(f"  node {node_id} ({prompt[node_id]['class_type']}) shows:\n    " + text.replace("\n", "\n    "))

@@ -1,4 +1,5 @@
 """The UI-format workflows in workflows/: in step with the node schemas, and runnable headless."""
+import io
 import json
 from pathlib import Path
 
@@ -20,11 +21,9 @@ def test_workflow_file_matches_the_node_schemas(host, path):
     """Widget values are positional: a node whose inputs changed would shift them. The file must be what the
     generator writes from today's schemas, and its links must connect matching types."""
     import build_workflows
-    from headless import api_to_ui
 
-    prompt, positions = build_workflows.WORKFLOWS[path.name]()
     on_disk = json.loads(path.read_text())
-    assert on_disk == json.loads(json.dumps(api_to_ui(prompt, host, positions)))
+    assert on_disk == json.loads(json.dumps(build_workflows.ui_workflow(path.name, host)))
     nodes = {n["id"]: n for n in on_disk["nodes"]}
     for link_id, src, src_slot, dst, dst_slot, kind in on_disk["links"]:
         assert nodes[src]["outputs"][src_slot]["type"] == kind
@@ -33,13 +32,30 @@ def test_workflow_file_matches_the_node_schemas(host, path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs_headless_on_the_tiny_model(host, tiny_ckpt, path):
-    from headless import ui_to_api
-    from run_workflow import apply_tiny
+    from PIL import Image
 
-    prompt = ui_to_api(json.loads(path.read_text()), host)
-    apply_tiny(prompt, size=128, steps=3)
-    host.run(prompt)
+    from headless import ui_to_api
+    from run_workflow import ProgressPrinter, tiny_workflow
+
+    ui = tiny_workflow(json.loads(path.read_text()), host, size=128, steps=3, ckpt=tiny_ckpt)
+    prompt = ui_to_api(ui, host)
+    printer = ProgressPrinter(host, out=io.StringIO())
+    printer.start(prompt)
+    try:
+        host.run(prompt, workflow=ui)
+    finally:
+        printer.close()
     saved = [img for ui in host.ui_outputs.values() for img in ui.get("images", []) if img["type"] == "output"]
     assert saved, "the workflow saved no image"
     for img in saved:
-        assert (Path(host.base_dir) / "output" / img["subfolder"] / img["filename"]).stat().st_size > 1000
+        png = Path(host.base_dir) / "output" / img["subfolder"] / img["filename"]
+        assert png.stat().st_size > 1000
+        text = Image.open(png).text               # the PNG carries the graph that made it, as the frontend's do
+        assert json.loads(text["prompt"]) == prompt and json.loads(text["workflow"]) == ui
+    # the headless runner reports each sampler's progress, never going back
+    log = printer.out.getvalue()
+    assert "…" in log and "/" in log and "%" in log
+    for node in {n for n, _, _ in printer.events}:
+        values = [(v, t) for n, v, t in printer.events if n == node]
+        assert len({t for _, t in values}) == 1, values
+        assert [v for v, _ in values] == sorted(v for v, _ in values), values
