@@ -3,7 +3,9 @@
 #  - torch/torchvision pinned to the builds this machine has on disk (never in requirements.txt),
 #  - the pack's requirements (floors only) and pytest,
 #  - ComfyUI's own requirements when a checkout is found ($COMFYUI_PATH, ComfyUI/custom_nodes/<this repo>, ~/ComfyUI);
-#    torchaudio is left out (no build matches torch 2.14.1 here; only ComfyUI's audio nodes need it).
+#    torchaudio is left out (no build matches torch 2.14.1 here; only ComfyUI's audio nodes need it),
+#  - the browser tier: Playwright for Python (it drives the system's Chromium; its own browser download is never
+#    used) and, when Chromium is missing and this runs as root on apt, the distribution's chromium package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -15,8 +17,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[setup] torch==2.14.1 torchvision==0.29.1"
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
-echo "[setup] requirements.txt + pytest"
-"${PIP[@]}" -r requirements.txt "pytest>=7"
+echo "[setup] requirements.txt + pytest + playwright"
+"${PIP[@]}" -r requirements.txt "pytest>=7" "playwright>=1.40"
+
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing chromium (apt) for the browser tests"
+        apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null
+    else
+        echo "[setup] no chromium found (and not root with apt): the browser tests will be skipped"
+    fi
+fi
 
 COMFY="$(.venv/bin/python scripts/headless.py --find)"
 if [ -n "$COMFY" ]; then

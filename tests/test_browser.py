@@ -1,0 +1,99 @@
+"""Browser tier: what an artist sees in ComfyUI's own web UI (headless Chromium, the frontend ComfyUI serves).
+
+ComfyUI runs as a server on the tiny model (``scripts/frontend.py``); each workflow in ``workflows/`` is loaded as
+dropping its file would, checked on the canvas (no missing-node dialog, no overlapping nodes, titles that fit, a zoom
+at which node text is drawn, one spelling of the pack's name), queued with the frontend's own queue call and run to
+the end. Screenshots go to ``tests/artifacts/`` (git-ignored; CI keeps them). Skipped, with the reason, without
+Chromium, Playwright or ComfyUI.
+"""
+import json
+import re
+
+import pytest
+
+from conftest import ROOT
+
+import frontend  # noqa: E402  (scripts/frontend.py)
+
+pytestmark = pytest.mark.browser
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+ARTIFACTS = ROOT / "tests" / "artifacts"
+SIZE, STEPS = 96, 4         # 96 px: Attention Regulation needs 3×3 maps at image ÷32
+
+
+@pytest.fixture(scope="module")
+def page(host, tiny_ckpt, tmp_path_factory):
+    reason = frontend.browser_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = frontend.ComfyServer(tmp_path_factory.mktemp("browser_base"),
+                                  checkpoints={tiny_ckpt: host.checkpoint_path(tiny_ckpt)}).start()
+    try:
+        with frontend.Frontend(server) as fe:
+            yield fe
+    finally:
+        server.stop()
+
+
+def _tiny(path, host, tiny_ckpt):
+    from run_workflow import tiny_workflow
+
+    return tiny_workflow(json.loads(path.read_text()), host, size=SIZE, steps=STEPS, ckpt=tiny_ckpt)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_opens_legibly_runs_and_shows_its_outputs(page, host, tiny_ckpt, path):
+    page.load(json.loads(path.read_text()))
+    shot = page.screenshot(ARTIFACTS / f"{path.stem}__loaded.png")
+    assert not page.dialogs(), f"dialog on loading {path.name}: {page.dialogs()} (see {shot})"
+    view = page.view()
+    assert not view["low_quality"], f"opens at {view['scale']:.0%} zoom, where node text is not drawn"
+    nodes = page.nodes()
+    assert not frontend.overlaps(nodes), frontend.overlaps(nodes)
+    for n in nodes:
+        assert n["titleWidth"] <= n["titleRoom"], f"title '{n['title']}' is cut at the node's width ({shot})"
+
+    page.load(_tiny(path, host, tiny_ckpt))
+    pid = page.queue()
+    page.screenshot(ARTIFACTS / f"{path.stem}__ran.png")
+    executed = {e["node"]: e["output"] for e in page.events("executed", pid)}
+    assert any(o.get("images") for o in executed.values()), "no image came back"
+    # every progress bar the frontend is told about only moves forward, against one total
+    by_node = {}
+    for e in page.events("progress", pid):
+        by_node.setdefault(e["node"], []).append((e["value"], e["max"]))
+    assert by_node, "no progress reported"
+    for node, values in by_node.items():
+        assert len({m for _, m in values}) == 1 and [v for v, _ in values] == sorted(v for v, _ in values), \
+            (node, values)
+
+
+def test_show_tokens_text_is_drawn_on_the_node(page, host, tiny_ckpt):
+    """The server returns Show Tokens' text as UI output; the pack's frontend extension puts it on the node."""
+    path = ROOT / "workflows" / "attend_and_excite_sd15.json"
+    page.load(_tiny(path, host, tiny_ckpt))
+    before = [n for n in page.nodes() if n["type"] == "AttentionAlignShowTokens"]
+    assert before and any(w["name"] == "shown_text" for w in before[0]["widgets"]), "no text widget on Show Tokens"
+    pid = page.queue()
+    (node,) = [n for n in page.nodes() if n["type"] == "AttentionAlignShowTokens"]
+    shown = next(w["value"] for w in node["widgets"] if w["name"] == "shown_text")
+    returned = next(e["output"]["text"] for e in page.events("executed", pid) if e["node"] == str(node["id"]))
+    assert shown == "\n".join(returned) and re.search(r"subjects: cat\[\d+\], frog\[\d+\]", shown), shown
+    visible = page.page.evaluate("() => [...document.querySelectorAll('textarea')].filter(t => t.offsetParent "
+                                 "!== null).map(t => t.value)")
+    assert shown in visible, "the text is not drawn on the canvas"
+    page.screenshot(ARTIFACTS / "show_tokens__ran.png")
+
+
+def test_the_pack_has_one_name_in_category_badge_and_titles(page):
+    defs = page.server.get("/object_info")
+    ours = {k: v for k, v in defs.items() if k.startswith("AttentionAlign")}
+    assert len(ours) == 11
+    page.load(json.loads((ROOT / "workflows" / "attention_modulation_sd15.json").read_text()))
+    badges = {b for n in page.nodes() if n["type"].startswith("AttentionAlign") for b in n["badges"]}
+    (name,) = badges
+    spellings = re.compile(r"attention[ _-]?align", re.I)
+    for node_id, d in ours.items():
+        assert d["category"].split("/")[0] == name, (node_id, d["category"])
+        assert not spellings.search(d["display_name"]), f"{node_id}: '{d['display_name']}' spells the pack's name " \
+                                                         f"again next to its badge '{name}'"
