@@ -176,7 +176,12 @@ def test_refinement_lowers_the_loss_and_counts_iterations(env):
     first = refined[0]
     assert int(first.iterations[0]) in (20, 30) and len(first.losses) == int(first.iterations[0]) + 1
     assert first.loss_final < first.loss_before
-    assert (30, 30) in calls or (20, 30) in calls             # the progress bar counted refinement iterations
+    # one bar for the whole run: 5 steps + 3 refinement steps × at most 30 iterations, only moving forward; the
+    # refinement iterations are counted on it (step 0's run from 1 to its count) and it ends full
+    assert calls and {total for _, total in calls} == {5 + 3 * 30}, calls
+    values = [value for value, _ in calls]
+    assert values == sorted(values) and values[-1] == 95
+    assert (int(first.iterations[0]), 95) in calls and (1, 95) in calls
 
 
 def test_a_batch_of_two_equals_two_batches_of_one(env):
@@ -358,10 +363,10 @@ def test_other_samplers_than_ksampler_get_the_guidance_through_the_model_patch(e
         "model": ["c", 0], "denoise": 1.0, "guidance": ["g", 0], **ks}},
         "v": {"class_type": "AttentionAlignVisualize", "inputs": {
             "attention_maps": ["s", 1], "text_attention": ["t", 0], "guidance_log": ["s", 2], "words": "car, clock",
-            "level": "32", "columns": 5}}})
+            "level": 32, "columns": 5}}})
     assert torch.equal(guided["s"][0]["samples"], results["KSampler"])
     maps, log = guided["s"][1], guided["s"][2]
-    assert maps.sizes() == [(4, 4)] and maps.mean((4, 4)).shape == (1, 77, 4, 4)
+    assert maps.levels() == [4] and maps.mean(4).shape == (1, 77, 4, 4)
     assert len(log.steps) == 2 and log.sampler == "euler" and log.path == "in_place"
     image, labels = guided["v"]
     assert labels.splitlines() == ["car", "clock", "T", "S", "loss"] and image.shape == (1, 128, 5 * 128 + 16, 3)
