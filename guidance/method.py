@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 
+from .engine import MAX_UPDATE_RATIO
 from .schedule import Plan, make_plan
 
 
@@ -39,6 +40,7 @@ class GradientGuidance:
     stop_below: bool = True
     give_up_at: int | None = None
     enter_above: bool = False
+    max_update_ratio: float = MAX_UPDATE_RATIO    # runaway bound on a step's change / the latent's RMS (inf: off)
 
     def plan(self, total_steps: int) -> Plan:
         return make_plan(total_steps, self.guided_paper_steps, self.scale, self.decay, self.strength,

@@ -34,7 +34,7 @@ import comfy.utils
 from comfy_execution.utils import get_executing_context
 
 from ..guidance.attention_patch import PASS_KEY
-from ..guidance.engine import MAX_UPDATE_RATIO, GuidanceLog, PassMaps, StopForward, guided_step
+from ..guidance.engine import GuidanceLog, PassMaps, StopForward, guided_step
 from ..guidance.method import GradientGuidance
 
 log = logging.getLogger("attention_align")
@@ -308,7 +308,7 @@ class GuidedRun:
                                  verify_fn=gp.loss_only if self.verify else None,
                                  check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                                  progress=self._progress, frozen=self.halted,
-                                 max_update_ratio=MAX_UPDATE_RATIO)
+                                 max_update_ratio=self.guidance.max_update_ratio)
         self.log.steps.append(rec)
         self._report_runaways(rec)
         if rec.iterations is not None:
@@ -323,7 +323,7 @@ class GuidedRun:
             ratio = float(rec.update_ratio[b])
             what = "was not finite" if not math.isfinite(ratio) or not all(
                 math.isfinite(float(l[b])) for l in rec.losses) else \
-                f"changed the latent by {ratio:.3g}× its own RMS (at most {MAX_UPDATE_RATIO:g}× is allowed)"
+                f"changed the latent by {ratio:.3g}× its own RMS (at most {self.guidance.max_update_ratio:g}× is allowed)"
             note = (f"sample {b}: the update at step {rec.step} {what}; that step was undone and this sample is not "
                     f"guided for the rest of the run (lower strength or scale_factor)")
             self.log.notes.append(note)

@@ -75,6 +75,7 @@ def map_size_at(latent_hw: tuple[int, int], downsample: int) -> tuple[int, int]:
 def check_map_size(method, downsample: int, layers: list[CrossAttentionLayer], latent_hw: tuple[int, int]) -> None:
     """Refuse, before any step runs, a level whose maps are too small for ``method`` (its ``min_map_side``) at this
     latent size; the message names the levels that would work."""
+    layers_at(layers, VAE_FACTOR * downsample)             # a level the model does not have: that error first
     need = getattr(method, "min_map_side", 1)
     h, w = map_size_at(latent_hw, downsample)
     if min(h, w) >= need:
@@ -94,24 +95,6 @@ def layers_at(layers: list[CrossAttentionLayer], level: int, input_name: str = "
         available = ", ".join(str(v) for v in sorted({layer.level for layer in layers}))
         raise ValueError(f"{input_name}: this model has no cross-attention at image ÷{level}; its levels are {available}")
     return chosen
-
-
-def select_levels(layers: list[CrossAttentionLayer], spec: str, input_name: str = "levels") -> list[CrossAttentionLayer]:
-    """Layers at the image divisors named in ``spec`` (``"all"`` or e.g. ``"16, 32"``)."""
-    available = sorted({layer.level for layer in layers})
-    text = spec.strip().lower()
-    if text in ("", "all"):
-        return list(layers)
-    wanted = set()
-    for part in text.replace(";", ",").split(","):
-        part = part.strip().lstrip("÷/")
-        if not part:
-            continue
-        if not part.isdigit() or int(part) not in available:
-            raise ValueError(f"{input_name}: '{part}' is not a cross-attention level of this model; use 'all' or "
-                             f"image divisors among {', '.join(map(str, available))} (32 = 16×16 maps at 512 px)")
-        wanted.add(int(part))
-    return [layer for layer in layers if layer.level in wanted]
 
 
 def host_attention(q, k, v, heads, **kwargs):

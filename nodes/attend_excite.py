@@ -17,7 +17,7 @@ class AttendExciteGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignAttendExcite",
-            display_name="Attend-and-Excite Guidance (Attention Align)",
+            display_name="Attend-and-Excite Guidance",
             category=CATEGORY,
             description="Attend-and-Excite (Chefer et al., 2023): gradient steps on the latent raise the cross-"
                         "attention peak of the most neglected subject, so every subject appears. Connect to a Guided "

@@ -16,7 +16,7 @@ class AttentionRegulationGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignAttentionRegulation",
-            display_name="Attention Regulation (Attention Align)",
+            display_name="Attention Regulation",
             category=CATEGORY,
             description="Attention Regulation (Zhang et al., ECCV 2024): in the chosen cross-attention layers and the "
                         "first steps, a small optimisation adds Gaussian bumps to the target words' attention logits "

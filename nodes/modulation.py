@@ -19,7 +19,7 @@ class AttentionModulationGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignAttentionModulation",
-            display_name="Attention Modulation (Attention Align)",
+            display_name="Attention Modulation",
             category=CATEGORY,
             description="Phase-wise attention modulation after Wu et al. 2024 (no official code exists; this is the "
                         "pack's own design): sharper self-attention early on, each image patch restricted to the "

@@ -15,7 +15,7 @@ class SynGenGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="AttentionAlignSynGen",
-            display_name="SynGen Guidance (Attention Align)",
+            display_name="SynGen Guidance",
             category=CATEGORY,
             description="SynGen (Rassin et al., NeurIPS 2023): gradient steps on the latent pull each modifier's "
                         "cross-attention onto its noun and away from the other words, so attributes land on the "

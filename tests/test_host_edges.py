@@ -75,7 +75,8 @@ def rms(t: torch.Tensor) -> float:
 def test_every_method_runs_at_sizes_that_are_not_multiples_of_64(host, tiny_ckpt, class_type, width, height):
     """120×72 px = a 15×9 latent: the UNet rounds odd sizes up (8×5, 4×3), so map sizes do not divide the
     latent's; the layers are found by structure and the official level (÷32) still works."""
-    out = host.run(graph(tiny_ckpt, class_type, defaults(host, class_type), width, height))
+    inputs = {**defaults(host, class_type), **({"refine": "off"} if class_type == "AttentionAlignTSAM" else {})}
+    out = host.run(graph(tiny_ckpt, class_type, inputs, width, height))
     latent, maps, log = out["s"]
     assert latent["samples"].shape == (1, 4, height // 8, width // 8) and latent["samples"].isfinite().all()
     assert maps.levels() == [4] and maps.size(4) == (-(-height // 32), -(-width // 32))
@@ -136,12 +137,13 @@ def test_capture_and_visualise_keep_levels_apart_at_16_px(host, tiny_ckpt):
 @pytest.mark.parametrize("class_type", list(METHODS))
 def test_every_numeric_input_at_its_declared_bounds(host, tiny_ckpt, class_type):
     """Each input of the method node at its declared min and at its declared max (read from the node's schema),
-    the others at their defaults (128 px, 2 steps): a finite latent of plain sampling's magnitude, or — for a
-    level this model does not have — an error that names ``level``. Every failing case is listed."""
+    the others at their defaults (96 px, the smallest size where every default level works; 2 steps): a finite
+    latent of plain sampling's magnitude, or — for a level this model does not have — an error that names
+    ``level``. Every failing case is listed."""
     levels = {8, 16, 32}                                     # the tiny model's cross-attention levels
     failures = []
     for name, value in numeric_bounds(host, class_type):
-        g = graph(tiny_ckpt, class_type, {**defaults(host, class_type), name: value})
+        g = graph(tiny_ckpt, class_type, {**defaults(host, class_type), name: value}, 96, 96)
         try:
             out = host.run(g)
         except ExecutionFailed as err:
@@ -237,3 +239,21 @@ def test_a_runaway_update_is_stopped_and_reported(host, tiny_ckpt, caplog):
                               steps=4), fresh=True)["s"][2]
     assert not any(bool(r.halted.any()) for r in official.steps)                 # official settings: never
     assert max(float(r.update_ratio.max()) for r in official.steps) < 0.5
+
+
+def test_the_guided_ksampler_inputs_at_their_declared_bounds(host, tiny_ckpt):
+    """seed, steps (its min; the max is covered above), cfg and denoise at their bounds, with Attend-and-Excite."""
+    failures = []
+    for name, value in numeric_bounds(host, "AttentionAlignGuidedKSampler"):
+        if name == "steps" and value > 1:
+            continue
+        g = graph(tiny_ckpt, "AttentionAlignAttendExcite", defaults(host, "AttentionAlignAttendExcite"))
+        g["s"]["inputs"][name] = value
+        try:
+            latent = host.run(g)["s"][0]["samples"]
+        except ExecutionFailed as err:
+            failures.append(f"{name}={value}: {err.exception_type}: {err.exception_message}")
+            continue
+        if not latent.isfinite().all():
+            failures.append(f"{name}={value}: not finite")
+    assert failures == []
