@@ -32,18 +32,21 @@ def official_tsam_step(z, centre, alpha, refine, threshold):
     """Literal transliteration of T-SAM's released loop (pipeline_stable_diffusion_x_2.py) for one sample."""
     evaluations = 0
     z = z.clone().requires_grad_()
-    loss = toy_loss(z, centre); evaluations += 1
+    loss = toy_loss(z, centre)
+    evaluations += 1
     if refine:
         loss = 100.0
         for cnt in range(30):
             if cnt == 20 and loss > threshold:
                 break
             z = z.clone().detach().requires_grad_(True)
-            loss = toy_loss(z, centre); evaluations += 1
+            loss = toy_loss(z, centre)
+            evaluations += 1
             if loss != 0:
                 z = z - alpha * grad(loss, z)
         z = z.clone().detach().requires_grad_(True)
-        loss = toy_loss(z, centre); evaluations += 1
+        loss = toy_loss(z, centre)
+        evaluations += 1
     z = z - alpha * grad(loss, z)
     return z.detach(), evaluations
 
@@ -52,20 +55,23 @@ def official_ae_step(z, centre, alpha, refine_threshold, max_refinement_steps=20
     """Literal transliteration of Attend-and-Excite's step (diffusers pipeline) for one sample."""
     evaluations = 0
     z = z.clone().requires_grad_()
-    loss = toy_loss(z, centre); evaluations += 1
+    loss = toy_loss(z, centre)
+    evaluations += 1
     if refine_threshold is not None and loss > 1.0 - refine_threshold:
         target_loss = max(0, 1.0 - refine_threshold)
         iteration = 0
         while loss > target_loss:
             iteration += 1
             z = z.clone().detach().requires_grad_(True)
-            loss = toy_loss(z, centre); evaluations += 1
+            loss = toy_loss(z, centre)
+            evaluations += 1
             if loss != 0:
                 z = z - alpha * grad(loss, z)
             if iteration >= max_refinement_steps:
                 break
         z = z.clone().detach().requires_grad_(True)
-        loss = toy_loss(z, centre); evaluations += 1
+        loss = toy_loss(z, centre)
+        evaluations += 1
     if loss != 0:
         z = z - alpha * grad(loss, z)
     return z.detach(), evaluations
