@@ -82,9 +82,9 @@ def test_regulated_maps_put_more_mass_on_the_targets(host, tiny_ckpt):
     def target_mass(method):
         g = graph(tiny_ckpt, method, "euler", steps=4)
         g["cap"] = {"class_type": "AttentionAlignCaptureCrossAttention",
-                    "inputs": {"model": ["a", 0], "levels": "16", "record_steps": False}}
+                    "inputs": {"model": ["a", 0], "levels": 16, "record_steps": False}}
         g["s"]["inputs"]["model"] = ["cap", 0]
-        maps = host.run(g, fresh=True)["cap"][1].mean((8, 8))
+        maps = host.run(g, fresh=True)["cap"][1].mean(2)                  # latent ÷2: the 8×8 maps at 128 px
         return maps[:, [3, 7]].mean().item()
 
     neutral = target_mass(modulation(1.0, 0.0, 1.0, 1.0))
