@@ -88,8 +88,8 @@ class Logger:
         self.file.close()
 
 
-def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1500, vae_batch: int = 16, vae_crop: int = 48,
-          vae_lr: float = 1e-3, kl: float = 1e-5, pool: int = 12000, steps: int = 6000, batch: int = 32,
+def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: int = 16, vae_crop: int = 48,
+          vae_lr: float = 1e-3, kl: float = 1e-5, pool: int = 8000, steps: int = 1800, batch: int = 32,
           lr: float = 5e-4, warmup: int = 200, uncond: float = 0.1, ema: float = 0.999, device: str = "cpu",
           threads: int = 2, log_every: int = 10, progress: bool = True, command: str = "") -> dict:
     """Train and write the toy model to ``out`` (see the module docstring); returns a summary (final losses,
@@ -251,13 +251,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "toy" / "weights" / "toy_shapes.safetensors"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-steps", type=int, default=1200)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-crop", type=int, default=48)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--kl", type=float, default=1e-5)
-    ap.add_argument("--pool", type=int, default=12000)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--pool", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=200)
