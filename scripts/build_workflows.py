@@ -1,4 +1,4 @@
-"""Write the UI-format workflows in workflows/ from their API-format definitions below.
+"""Write the UI-format workflows in example_workflows/ from their API-format definitions below.
 
 The UI format (what ComfyUI's frontend saves and loads) stores widget values by position, in the order of each
 node's schema; generating it from the live node definitions keeps the files in step with the nodes. Run after
@@ -14,6 +14,11 @@ from pathlib import Path
 from headless import REPO_ROOT, ComfyHost, api_to_ui, find_comfyui
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+#: checkpoint and image size per model family; the graphs are the same (ComfyUI's CLIP Text Encode and the pack's
+#: nodes read SD1.x and SDXL alike, and level 32 is the papers' level at both sizes: 16×16 / 32×32 maps)
+FAMILIES = {"sd15": {"ckpt": SD15, "size": 512, "name": "SD1.5"},
+            "sdxl": {"ckpt": SDXL, "size": 1024, "name": "SDXL"}}
 
 #: node body heights (title bar excluded) as frontend 1.27.10 draws these nodes; a node is never drawn smaller than
 #: its widgets need, so a saved size below this would make nodes overlap on the canvas (tests/test_browser.py checks)
@@ -22,7 +27,7 @@ HEIGHT = {"CheckpointLoaderSimple": 160, "CLIPTextEncode": 160, "EmptyLatentImag
           "AttentionAlignCaptureCrossAttention": 160, "AttentionAlignApplyGuidance": 160,
           "AttentionAlignGuidedKSampler": 282, "AttentionAlignVisualize": 166, "AttentionAlignShowTokens": 260,
           "AttentionAlignTSAM": 202, "AttentionAlignAttendExcite": 246, "AttentionAlignSynGen": 198,
-          "AttentionAlignAttentionRegulation": 246, "AttentionAlignAttentionModulation": 246}
+          "AttentionAlignAttentionRegulation": 246, "AttentionAlignAttentionModulation": 246, "Note": 330}
 TITLE_H, GAP_X, GAP_Y, MARGIN = 30, 60, 40, 40
 #: the view the frontend opens the workflows with: text is drawn from about 57 % zoom (LiteGraph's low-quality
 #: threshold at 1× pixel ratio); 75 % keeps widget text legible on a laptop screen
@@ -175,17 +180,78 @@ def attention_modulation() -> tuple[dict, list[list[str]]]:
                                "attribute_weight": 1.5, "switch": 0.5}}, "attention_modulation", plot=False)
 
 
-WORKFLOWS = {"capture_and_visualise_sd15.json": capture_and_visualise, "tsam_sd15.json": tsam,
-             "attention_regulation_sd15.json": attention_regulation,
-             "attention_modulation_sd15.json": attention_modulation,
-             "attend_and_excite_sd15.json": attend_and_excite, "syngen_sd15.json": syngen}
+#: what to type for each graph on a real checkpoint (the Note node's last paragraph)
+WORDS = {
+    "capture_and_visualise": "Words: type your prompt in Text Self-Attention (it is also the positive prompt) and, "
+                             "optionally, the words to draw in Visualize Attention ('car, bench'; empty = every word).",
+    "tsam": "Words: only the prompt, in Text Self-Attention: T-SAM aligns every pair of its tokens, nothing else to "
+            "type.",
+    "attend_and_excite": "Words: your prompt in Text Self-Attention; in Attend-and-Excite the subjects that must "
+                         "appear, comma-separated words of the prompt ('cat, frog'), or empty for its nouns. Show "
+                         "Tokens shows what they resolve to before you sample.",
+    "syngen": "Words: your prompt in Text Self-Attention; in SynGen the groups, modifiers then noun, ';' between "
+              "groups ('checkered bowl; red and blue table'), or empty to find them (see Show Tokens).",
+    "attention_regulation": "Words: your prompt in Text Self-Attention; in Attention Regulation the target words, "
+                            "comma-separated ('cat, dog'), or empty for the prompt's nouns.",
+    "attention_modulation": "Words: your prompt in Text Self-Attention; in Attention Modulation the entities like "
+                            "SynGen's groups ('red car; blue bench'), or empty to find them.",
+}
+STEPS = {"capture_and_visualise": "20 (any count works)", "tsam": "50 (the papers' schedule; fewer are scaled)",
+         "attend_and_excite": "50 (the papers' schedule; fewer are scaled)",
+         "syngen": "50 (the papers' schedule; fewer are scaled)",
+         "attention_regulation": "50 (the papers' schedule; fewer are scaled)",
+         "attention_modulation": "30 (phases are fractions of the steps)"}
+MAKERS = {"capture_and_visualise": capture_and_visualise, "tsam": tsam, "attention_regulation": attention_regulation,
+          "attention_modulation": attention_modulation, "attend_and_excite": attend_and_excite, "syngen": syngen}
+WORKFLOWS = {f"{graph}_{family}.json": (graph, family) for graph in MAKERS for family in FAMILIES}
+
+
+def note_text(graph: str, family: str) -> str:
+    """The workflow's Note: what to change for a real checkpoint of its family, and what to type."""
+    f, other = FAMILIES[family], next(v for k, v in FAMILIES.items() if k != family)
+    other_file = f"{graph}_{next(k for k in FAMILIES if k != family)}.json"
+    return (f"Set up for {f['name']}.\n\n"
+            f"Load Checkpoint: {f['ckpt']} (or any {f['name']} checkpoint) in ComfyUI/models/checkpoints.\n"
+            f"Empty Latent Image: {f['size']}×{f['size']} (the size {f['name']} was trained at; other sizes work, "
+            f"level 32 then gives maps of size/32).\n"
+            f"Steps: {STEPS[graph]}.\n"
+            f"For {other['name']} open {other_file} instead ({other['size']}×{other['size']}, {other['ckpt']}).\n\n"
+            f"{WORDS[graph]}\n\n"
+            "The pack's test runs use a tiny random-weight model: there the images are noise by design and only "
+            "the heat maps' layout is meaningful.")
+
+
+def _note_node(node_id: int, order: int, pos: tuple, size: tuple, text: str) -> dict:
+    """ComfyUI's core Note node in the UI format (one text widget, no sockets; it is not sent to the server)."""
+    return {"id": node_id, "type": "Note", "pos": list(pos), "size": list(size), "flags": {}, "order": order,
+            "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text],
+            "color": "#432", "bgcolor": "#653"}
+
+
+def for_family(prompt: dict, family: str) -> dict:
+    """The graph with the family's checkpoint and image size."""
+    f = FAMILIES[family]
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = f["ckpt"]
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"]["width"] = node["inputs"]["height"] = f["size"]
+    return prompt
 
 
 def ui_workflow(name: str, host: ComfyHost) -> dict:
-    """The UI-format workflow ``name`` as the generator writes it from today's node schemas."""
-    prompt, columns = WORKFLOWS[name]()
-    positions, sizes, view = layout(prompt, host, columns)
-    return api_to_ui(prompt, host, positions, sizes, view)
+    """The UI-format workflow ``name`` as the generator writes it from today's node schemas (with its Note)."""
+    graph, family = WORKFLOWS[name]
+    prompt, columns = MAKERS[graph]()
+    prompt = for_family(prompt, family)
+    note_id = str(max(int(k) for k in prompt) + 1)
+    columns[0].append(note_id)
+    positions, sizes, view = layout({**prompt, note_id: {"class_type": "Note"}}, host, columns)
+    ui = api_to_ui(prompt, host, positions, sizes, view)
+    ui["nodes"].append(_note_node(int(note_id), len(ui["nodes"]), positions[note_id], sizes[note_id],
+                                  note_text(graph, family)))
+    ui["last_node_id"] = int(note_id)
+    return ui
 
 
 def main() -> None:
@@ -193,8 +259,8 @@ def main() -> None:
     if comfy is None:
         sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
     host = ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_build_")))
-    for name, make in WORKFLOWS.items():
-        path = REPO_ROOT / "workflows" / name
+    for name in WORKFLOWS:
+        path = REPO_ROOT / "example_workflows" / name
         path.write_text(json.dumps(ui_workflow(name, host), indent=1) + "\n")
         print("wrote", path.relative_to(REPO_ROOT))
 

@@ -1,9 +1,10 @@
-"""Run a UI-format workflow from workflows/ headless (in-process ComfyUI on the CPU) and collect its images.
+"""Run a UI-format workflow from example_workflows/ headless (in-process ComfyUI on the CPU) and collect its images.
 
-    .venv/bin/python scripts/run_workflow.py workflows/capture_and_visualise_sd15.json --tiny --out out/
+    .venv/bin/python scripts/run_workflow.py example_workflows/capture_and_visualise_sd15.json --tiny --out out/
 
---tiny swaps every checkpoint for the random-weight tiny SD1.5-family model (built on first use, no download) and
-shrinks the latent (--size, default 128 px), so any workflow runs in seconds; without it the workflow's own
+--tiny swaps every checkpoint for the random-weight tiny SD1.5-family model (built on first use, no download), also
+in the SDXL workflows (their graphs are the same; the SDXL family is tested on its own tiny model by
+tests/test_host_families.py, whose full-size CLIP-G takes minutes to build), and shrinks the latent (--size, default 128 px), so any workflow runs in seconds; without it the workflow's own
 checkpoints must be in <out>/base/models/checkpoints. The saved PNGs are copied to <out>/.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The UI-format workflows in workflows/: in step with the node schemas, and runnable headless."""
+"""The UI-format workflows in example_workflows/: in step with the node schemas, and runnable headless."""
 import io
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 
 
 def test_every_workflow_is_listed_in_the_generator():
@@ -59,3 +59,31 @@ def test_workflow_runs_headless_on_the_tiny_model(host, tiny_ckpt, path):
         values = [(v, t) for n, v, t in printer.events if n == node]
         assert len({t for _, t in values}) == 1, values
         assert [v for v, _ in values] == sorted(v for v, _ in values), values
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_has_its_thumbnail(path):
+    """The template browser shows <name>.jpg beside <name>.json: it must be there, a square JPEG of 256–1024 px."""
+    import pack_assets
+
+    pack_assets.check_thumbnail(path.with_suffix(".jpg"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_note_says_what_to_change_for_its_family(path):
+    import build_workflows
+
+    graph, family = build_workflows.WORKFLOWS[path.name]
+    f = build_workflows.FAMILIES[family]
+    nodes = json.loads(path.read_text())["nodes"]
+    (note,) = [n for n in nodes if n["type"] == "Note"]
+    text = note["widgets_values"][0]
+    assert f["ckpt"] in text and f"{f['size']}×{f['size']}" in text and "Steps:" in text and "Words:" in text
+    sizes = {n["widgets_values"][0] for n in nodes if n["type"] == "EmptyLatentImage"}
+    assert sizes == {f["size"]}, (path.name, sizes)
+
+
+def test_there_are_sdxl_workflows_for_every_graph():
+    stems = {p.stem for p in WORKFLOWS}
+    for stem in {s.rsplit("_", 1)[0] for s in stems}:
+        assert {f"{stem}_sd15", f"{stem}_sdxl"} <= stems, stem

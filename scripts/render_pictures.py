@@ -1,0 +1,148 @@
+"""Render the pictures the pack ships from real runs of its example workflows: one command.
+
+    .venv/bin/python scripts/render_pictures.py                     # on the tiny random-weight model (default)
+    .venv/bin/python scripts/render_pictures.py --ckpt path/to/model.safetensors --size 256 --steps 20
+
+* ``example_workflows/<name>.jpg``: each workflow's thumbnail for ComfyUI's template browser (it asks for the
+  same-name .jpg): the workflow's Visualize Attention grid (heat maps over the decoded image, T and S, the loss
+  plot), fitted into a 512 px square.
+* ``web/docs/img/<node id>.png``: the picture on each node's help page (``web/docs/<node id>.md``).
+
+Every workflow runs headless (in-process ComfyUI on the CPU) with its checkpoint swapped for ``--ckpt`` (default:
+the tiny SD1.5-family model, built on first use; SDXL workflows run on it too) at ``--size`` px and ``--steps``
+steps. On the tiny model images are noise by design; re-render with a trained model when there is one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from headless import REPO_ROOT, ComfyHost, find_comfyui, ui_to_api
+from run_workflow import TINY, tiny_workflow
+
+THUMB = 512
+DOC_WIDTH = 768
+#: node id → (workflow whose run pictures it, what to take: 'maps' = the Visualize grid, 'T' = the T image,
+#: 'text' = the node's shown text)
+DOC_PICTURES = {
+    "AttentionAlignTextSelfAttention": ("capture_and_visualise_sd15", "T"),
+    "AttentionAlignCaptureCrossAttention": ("capture_and_visualise_sd15", "maps"),
+    "AttentionAlignVisualize": ("attend_and_excite_sd15", "maps"),
+    "AttentionAlignTSAM": ("tsam_sd15", "maps"),
+    "AttentionAlignAttendExcite": ("attend_and_excite_sd15", "maps"),
+    "AttentionAlignSynGen": ("syngen_sd15", "maps"),
+    "AttentionAlignAttentionRegulation": ("attention_regulation_sd15", "maps"),
+    "AttentionAlignAttentionModulation": ("attention_modulation_sd15", "maps"),
+    "AttentionAlignShowTokens": ("syngen_sd15", "text"),
+    "AttentionAlignGuidedKSampler": ("tsam_sd15", "maps"),
+    "AttentionAlignApplyGuidance": ("attention_regulation_sd15", "maps"),
+}
+
+
+def _images(host: ComfyHost, prompt: dict, ui_outputs: dict) -> dict:
+    """'maps' (the Visualize grid a SaveImage saved), 'T' (the previewed T image) and 'text' (Show Tokens)."""
+    from PIL import Image
+
+    found = {}
+    for node_id, out in ui_outputs.items():
+        node = prompt[node_id]
+        for img in out.get("images", []):
+            path = Path(host.base_dir) / img["type"] / img["subfolder"] / img["filename"]
+            src = node["inputs"].get("images")
+            src_type = prompt[src[0]]["class_type"] if isinstance(src, list) else ""
+            if src_type == "AttentionAlignVisualize":
+                found["maps"] = Image.open(path).convert("RGB")
+            elif src_type == "AttentionAlignTextSelfAttention":
+                found["T"] = Image.open(path).convert("RGB")
+        if node["class_type"] == "AttentionAlignShowTokens" and out.get("text"):
+            found["text"] = text_picture("\n".join(out["text"]))
+    return found
+
+
+def text_picture(text: str):
+    """The text a node shows, drawn as it reads on the node (light on the frontend's dark grey)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.truetype("DejaVuSansMono.ttf", 14)
+    except OSError:
+        font = ImageFont.load_default()
+    lines = text.splitlines() or [""]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max(int(probe.textlength(line, font=font)) for line in lines) + 24
+    img = Image.new("RGB", (min(max(width, 200), DOC_WIDTH), 18 * len(lines) + 24), (34, 34, 34))
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        draw.text((12, 12 + 18 * i), line, fill=(221, 221, 221), font=font)
+    return img
+
+
+def thumbnail(img):
+    """``img`` fitted (whole, never cropped) into a THUMB px square on the frontend's dark background."""
+    from PIL import Image
+
+    scale = THUMB / max(img.size)
+    fitted = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+    square = Image.new("RGB", (THUMB, THUMB), (32, 32, 32))
+    square.paste(fitted, ((THUMB - fitted.width) // 2, (THUMB - fitted.height) // 2))
+    return square
+
+
+def doc_picture(img):
+    from PIL import Image
+
+    if img.width <= DOC_WIDTH:
+        return img
+    return img.resize((DOC_WIDTH, round(img.height * DOC_WIDTH / img.width)), Image.LANCZOS)
+
+
+def main() -> None:
+    import build_workflows
+    import pack_assets
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", default=None, help="checkpoint file to run on (default: the tiny random-weight model)")
+    ap.add_argument("--size", type=int, default=160, help="image size in px (default 160)")
+    ap.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
+    a = ap.parse_args()
+
+    comfy = find_comfyui()
+    if comfy is None:
+        sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    host = ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_pictures_")))
+    if a.ckpt:
+        ckpt = Path(a.ckpt).name
+        shutil.copyfile(a.ckpt, host.checkpoint_path(ckpt))
+    else:
+        import tiny_checkpoint
+
+        ckpt = TINY
+        tiny_checkpoint.build(str(host.checkpoint_path(ckpt)), layout="tiny", fp16=True, seed=0)
+    taken: dict[str, dict] = {}
+    for name in build_workflows.WORKFLOWS:
+        stem = Path(name).stem
+        path = REPO_ROOT / "example_workflows" / name
+        ui = tiny_workflow(json.loads(path.read_text()), host, a.size, a.steps, ckpt=ckpt)
+        prompt = ui_to_api(ui, host)
+        print(f"running {name} on {ckpt} at {a.size} px, {a.steps} steps …", flush=True)
+        host.run(prompt, fresh=True, workflow=ui)
+        taken[stem] = _images(host, prompt, host.ui_outputs)
+        if "maps" not in taken[stem]:
+            sys.exit(f"{name}: no Visualize Attention grid was saved")
+        thumb = path.with_suffix(".jpg")
+        thumbnail(taken[stem]["maps"]).save(thumb, "JPEG", quality=85, optimize=True)
+        print("wrote", thumb.relative_to(REPO_ROOT), pack_assets.check_thumbnail(thumb))
+    img_dir = REPO_ROOT / "web" / "docs" / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for node_id, (stem, what) in DOC_PICTURES.items():
+        out = img_dir / f"{node_id}.png"
+        doc_picture(taken[stem][what]).save(out, optimize=True)
+        print("wrote", out.relative_to(REPO_ROOT))
+
+
+if __name__ == "__main__":
+    main()
