@@ -1,0 +1,61 @@
+"""Node help pages (web/docs/<node id>.md, which the frontend's node library shows as the node's help): one per node,
+with every input of the node's schema, a picture that exists, and the paper; the README links each page."""
+import re
+
+import pytest
+
+from conftest import ROOT
+
+DOCS = ROOT / "web" / "docs"
+
+
+def _node_ids():
+    text = (ROOT / "nodes" / "__init__.py").read_text()
+    listed = re.search(r"NODES: list\[.*?\] = \[(.*?)\]", text, re.S)[1]
+    ids = []
+    for cls in re.findall(r"\w+", listed):
+        module = next(p for p in (ROOT / "nodes").glob("*.py") if re.search(rf"class {cls}\b", p.read_text()))
+        ids.append(re.search(r'node_id="(\w+)"', module.read_text())[1])
+    return ids
+
+
+NODE_IDS = _node_ids()
+
+
+def test_every_node_has_a_page_and_no_page_is_stray():
+    assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(NODE_IDS)
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_page_documents_every_input_of_the_schema(host, node_id):
+    page = (DOCS / f"{node_id}.md").read_text()
+    table = page.split("## Inputs", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| *\S.*\|$", table, re.M)
+    schema = [name for name, _ in host.input_order(node_id)]
+    assert documented == schema, f"{node_id}.md documents {documented}; the schema has {schema} (in this order)"
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_page_has_its_picture_and_the_paper(node_id):
+    from PIL import Image
+
+    page = (DOCS / f"{node_id}.md").read_text()
+    pictures = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", page)
+    assert pictures, f"{node_id}.md has no picture"
+    for rel in pictures:
+        assert not re.match(r"\w+://|/", rel), f"{rel}: pictures are relative to the page (the panel rewrites them)"
+        img = Image.open(DOCS / rel)
+        assert img.format == "PNG" and img.width <= 1024, (rel, img.format, img.size)
+    paper = page.split("## Paper", 1)[1]
+    assert re.search(r"arXiv \d{4}\.\d{4,5}|its node's page", paper), f"{node_id}.md names no paper"
+
+
+def test_every_picture_is_used_by_a_page():
+    used = {m for p in DOCS.glob("*.md") for m in re.findall(r"\]\((img/[^)]+)\)", p.read_text())}
+    assert {f"img/{p.name}" for p in (DOCS / "img").iterdir()} == used
+
+
+def test_readme_links_every_page():
+    readme = (ROOT / "README.md").read_text()
+    for node_id in NODE_IDS:
+        assert f"](web/docs/{node_id}.md)" in readme, node_id
