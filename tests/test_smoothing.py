@@ -47,5 +47,5 @@ def test_batched_shapes_are_kept():
 
 
 def test_maps_too_small_to_smooth_are_an_error():
-    with pytest.raises(ValueError, match="1×5 are too small"):
+    with pytest.raises(ValueError, match="^level: the attention maps at this level are 1×5, too small"):
         smooth_maps(torch.rand(1, 5))
