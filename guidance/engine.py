@@ -1,7 +1,7 @@
 """The latent update loop shared by the gradient methods (T-SAM, Attend-and-Excite, SynGen).
 
 At a guided step i the sampler's latent x (k-diffusion space) gets ``x ← x − α_i·∇_z L / c_in`` where z = c_in·x is
-the latent the UNet sees: this is the official ``z ← z − α_i ∇_z L`` (methods.md §0.2). The host supplies
+the latent the UNet sees: this is the official ``z ← z − α_i ∇_z L`` (see the README, "How guidance runs"). The host supplies
 ``grad_fn(x) → (L per sample [B], ∇_z L / c_in [B, …])`` (one cond-only UNet pass with graph); everything here is
 plain torch.
 

@@ -4,7 +4,7 @@ A ``SAMPLER_SAMPLE`` wrapper (set on a model clone, so it works for KSampler, KS
 SamplerCustomAdvanced) swaps the KSAMPLER's ``sampler_function`` for the run, and restores it in ``finally``:
 
 * **in place** for samplers that evaluate the model once per step on their own loop state (euler, ddim, lms,
-  dpmpp_2m, deis, …; measured in sampler-design.md): the model passed to the stock function is a proxy that, at
+  dpmpp_2m, deis, …; measured per sampler, see the README's sampler table): the model passed to the stock function is a proxy that, at
   the first call at σ_i of a guided step, runs the guidance and writes the new latent into the sampler's own tensor.
   Multistep history is kept, and with strength 0 the result is bit-identical to the stock sampler.
 * **chunked** for everything else: the first guided steps run one step at a time (one noise stream shared by all

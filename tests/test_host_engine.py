@@ -35,7 +35,7 @@ def tsam(env, strength, guided=30, refine="off", variant="paper", *, runaway_bou
 
 
 def nonlinear(model):
-    """The tiny UNet plus an x-dependent term, so that sampler history and noise visibly matter (sampler-design.md)."""
+    """The tiny UNet plus an x-dependent term, so that sampler history and noise visibly matter."""
     m = model.clone()
     m.set_model_unet_function_wrapper(
         lambda apply, a: apply(a["input"], a["timestep"], **a["c"]) + 0.5 * torch.tanh(3 * a["input"]))
