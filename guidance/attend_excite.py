@@ -42,32 +42,33 @@ def attend_excite_loss(maps: torch.Tensor, subjects: list[tuple[int, ...]], eos_
 
 
 class AttendExciteObjective:
-    """Attend-and-Excite's loss on the maps at one level (``name``/``downsample``/``loss`` protocol)."""
+    """Attend-and-Excite's loss on the maps at one level (``name``/``level``/``loss`` protocol)."""
 
     name = "Attend-and-Excite"
     min_map_side = 2                    # the official 3×3 smoothing reflect-pads by one pixel
 
-    def __init__(self, subjects: list[tuple[int, ...]], eos_index: int, normalize_eot: bool = False,
-                 downsample: int = 4, context: torch.Tensor | None = None):
+    def __init__(self, subjects: list[tuple[int, ...]], *, eos_index: int, normalize_eot: bool = False,
+                 level: int = 32, context: torch.Tensor | None = None):
         if not subjects:
             raise ValueError("subjects: Attend-and-Excite needs at least one subject word")
         self.subjects, self.eos_index, self.normalize_eot = [tuple(s) for s in subjects], eos_index, normalize_eot
-        self.downsample, self.context = downsample, context
+        self.level, self.context = level, context
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
         return attend_excite_loss(maps, self.subjects, self.eos_index, self.normalize_eot)
 
 
-def attend_excite_guidance(subjects: list[tuple[int, ...]], eos_index: int, normalize_eot: bool = False,
+def attend_excite_guidance(subjects: list[tuple[int, ...]], *, eos_index: int, normalize_eot: bool = False,
                            strength: float = 1.0, scale: float = 20.0, guided_paper_steps: float = 25,
-                           thresholds: dict[float, float] | None = None, max_iters: int = 20, downsample: int = 4,
+                           thresholds: dict[float, float] | None = None, max_iters: int = 20, level: int = 32,
                            context: torch.Tensor | None = None):
     """A&E with the official configuration (config.py): α = 20·√linspace(1, 0.5), updates at i < 25 of 50,
     refinement at steps {0: 0.05, 10: 0.5, 20: 0.8} (loss target 1 − thr) with at most 20 iterations, entered only
     when the loss is above the target."""
     thresholds = {0: 0.05, 10: 0.5, 20: 0.8} if thresholds is None else thresholds
     return GradientGuidance(
-        objective=AttendExciteObjective(subjects, eos_index, normalize_eot, downsample, context),
+        objective=AttendExciteObjective(subjects, eos_index=eos_index, normalize_eot=normalize_eot, level=level,
+                                        context=context),
         guided_paper_steps=guided_paper_steps, scale=scale, decay=True, strength=strength,
         refine_paper_thresholds=tuple((k, max(0.0, 1.0 - t)) for k, t in sorted(thresholds.items())),
         max_iters=max_iters, stop_below=True, enter_above=True)

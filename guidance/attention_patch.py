@@ -1,9 +1,12 @@
-"""One cross-attention (attn2) replace function per UNet layer, shared by every feature of the pack.
+"""The cross-attention (attn2) replace installed on a layer — a stateless router shared by every feature of the pack.
 
 ComfyUI calls an attn2 replace as ``out = fn(q, k, v, extra_options)`` with q ``[b, h·w, heads·d]`` and k, v
 ``[b, T, heads·d]`` already projected, and expects ``[b, h·w, heads·d]`` before ``to_out``. Only one replace may sit
-on a layer, so this object carries a tuple of *observers* (capture, loss stores, …) and, if another pack already
-held the layer, that pack's function (``inner``), which still computes the output.
+on a layer, so the router holds no state of its own: at every call it asks the *run's* observers (capture, loss
+stores, …) and editors whether they want this layer and call. They come from ``extra_options[PASS_KEY]``:
+``{"session": Session}`` for a sampling run (placed there by the pack's OUTER_SAMPLE wrapper, see ``session.py``),
+plus ``"grad_pass": True`` and per-pass ``"observers"`` inside the pack's gradient passes. If another pack already
+held the layer, that pack's function (``inner``) still computes the output.
 
 The output is computed by the host's own attention kernel (``attention_fn``) with the same arguments as the stock
 ``CrossAttention.forward``, so a patched layer returns bit-identical results; the probabilities observers see are
@@ -11,15 +14,16 @@ computed separately in float32. Exception: inside a gradient pass (grad enabled)
 computed returns ``probs @ v`` so the graph runs through the very probabilities the loss reads.
 
 Everything about the call comes from ``extra_options`` metadata (block, depth index, shapes, ``cond_or_uncond``),
-never from counting calls. The object is immutable after construction and survives ``ModelPatcher.clone()``'s
-deepcopy as itself: adding an observer builds a new object.
+never from counting calls. The router holds no run state; what it does hold — the replace it wraps and the terms
+another pack added with IPAdapter's ``.add`` protocol — belongs to its model clone: ``ModelPatcher.clone()``
+deep-copies it, so an ``.add`` on one clone's router never reaches another's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
-
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -38,7 +42,10 @@ class LayerCall:
     cond_or_uncond: tuple[int, ...]     # chunk order of the batch: 0 = positive, 1 = negative
     sigma: float | None                 # current σ of the (first) row
     sample_sigmas: torch.Tensor | None  # the whole schedule of the running sampler, if known
-    grad_pass: bool                     # True inside the pack's own gradient passes
+    grad_pass: bool                     # True inside the pack's own gradient passes (graph kept)
+    sampler_pass: bool = True           # an evaluation the sampler uses (fast mode's gradient pass is one)
+    prompt_tokens: int | None = None    # tokens of the positive prompt's context (from the run), if known
+    shuffled: bool = False              # another pack's pass with its image tokens permuted (TPG's "tpg")
     options: dict | None = field(default=None, compare=False, repr=False)   # extra_options, for the kernel
 
     @property
@@ -108,6 +115,7 @@ def layer_call(q: torch.Tensor, extra_options: dict[str, Any]) -> LayerCall:
         raise RuntimeError(f"attn2 layer {block}: {n} queries do not tile a {size[0]}×{size[1]} map")
     sigmas = extra_options.get("sigmas")
     pass_opts = extra_options.get(PASS_KEY) or {}
+    session = pass_opts.get("session")
     return LayerCall(
         block=(block[0], int(block[1])),
         depth=int(extra_options.get("block_index", 0)),
@@ -117,6 +125,9 @@ def layer_call(q: torch.Tensor, extra_options: dict[str, Any]) -> LayerCall:
         sigma=first_value(sigmas) if sigmas is not None else None,
         sample_sigmas=extra_options.get("sample_sigmas"),
         grad_pass=bool(pass_opts.get("grad_pass", False)),
+        sampler_pass=bool(pass_opts.get("sampler_pass", not pass_opts.get("grad_pass", False))),
+        prompt_tokens=getattr(getattr(session, "info", None), "context_tokens", None),
+        shuffled=bool(extra_options.get("tpg", False)),
         options=extra_options,
     )
 
@@ -153,35 +164,100 @@ def probs_times_v(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (probs.to(vh.dtype) @ vh).transpose(1, 2).reshape(b, n, heads * d)
 
 
+#: what prompt-control's Attention Couple leaves in ``extra_options`` when it rewrote the batch of a layer call
+COUPLE_KEY = "cond_or_uncond_hook_couple"
+
+
+def repeat_period(call: LayerCall, tokens: int) -> int:
+    """The positive prompt's token count when a context of ``tokens`` is that prompt repeated (ComfyUI pads the
+    conditionings of one batch to the least common multiple of their lengths by repeating them, e.g. a 77-token
+    prompt beside a 154-token negative); else ``tokens``."""
+    t = call.prompt_tokens
+    return t if t and tokens > t and tokens % t == 0 else tokens
+
+
+def fold_repeats(probs: torch.Tensor, call: LayerCall) -> torch.Tensor:
+    """``[..., T_k]`` → ``[..., T]``: a repeated context's probabilities summed over its copies. Repeated keys have
+    equal scores, so the sum is exactly the softmax over the unrepeated prompt."""
+    t = repeat_period(call, probs.shape[-1])
+    return probs if t == probs.shape[-1] else probs.unflatten(-1, (probs.shape[-1] // t, t)).sum(dim=-2)
+
+
+def run_parts(extra_options: dict[str, Any]) -> tuple[tuple[Observer, ...], tuple[Editor, ...]]:
+    """The observers and editors of the current run and pass (see the module docstring)."""
+    ctx = extra_options.get(PASS_KEY) or {}
+    session = ctx.get("session")
+    observers = tuple(ctx.get("observers", ()))
+    editors = tuple(ctx.get("editors", ()))
+    if session is not None:
+        observers, editors = session.observers + observers, session.editors + editors
+    return observers, editors
+
+
 class CrossAttentionReplace:
-    """The attn2 replace installed on a layer; see the module docstring."""
+    """The attn2 replace installed on a layer; see the module docstring. ``inner``: another pack's replace that held
+    the layer before, which still computes the output."""
 
     is_attention_align_replace = True
 
-    def __init__(self, attention_fn: Callable[..., torch.Tensor], observers: tuple[Observer, ...] = (),
-                 inner: Callable[..., torch.Tensor] | None = None, editors: tuple[Editor, ...] = ()):
+    def __init__(self, attention_fn: Callable[..., torch.Tensor], inner: Callable[..., torch.Tensor] | None = None):
         self.attention_fn = attention_fn
-        self.observers = tuple(observers)
         self.inner = inner
-        self.editors = tuple(editors)
+        self.added: tuple[tuple[Callable, dict], ...] = ()
+        self.absorbed: tuple[object, ...] = ()   # other packs' replaces whose terms ``added`` carries
 
-    def __deepcopy__(self, memo: dict) -> "CrossAttentionReplace":
-        return self  # immutable; ModelPatcher.clone() must not split observer state
+    def __eq__(self, other) -> bool:
+        """Routers are equal when they route to the same things (a deep copy of a router equals it)."""
+        return isinstance(other, CrossAttentionReplace) and (self.attention_fn, self.inner, self.added) == \
+            (other.attention_fn, other.inner, other.added) and len(self.absorbed) == len(other.absorbed)
 
-    def with_observer(self, observer: Observer) -> "CrossAttentionReplace":
-        return CrossAttentionReplace(self.attention_fn, self.observers + (observer,), self.inner, self.editors)
+    __hash__ = None                      # compared by value, so not hashable
 
-    def with_editor(self, editor: Editor) -> "CrossAttentionReplace":
-        return CrossAttentionReplace(self.attention_fn, self.observers, self.inner, self.editors + (editor,))
+    # -- the protocol other packs use on a replace they find installed ---------------------------------------------
+    def add(self, callback: Callable, **kwargs) -> None:
+        """IPAdapter Plus's protocol: a pack that finds a replace on a layer calls ``.add(callback, **kwargs)`` on it
+        (on its own clone's copy). The term ``callback(out, q, k, v, extra_options, **kwargs)`` is then added to the
+        layer's output while ``sigma_end ≤ σ ≤ sigma_start``, as IPAdapter's own replace does; if this router wraps
+        another pack's replace that speaks the protocol, the call goes to that one."""
+        if self.inner is not None and hasattr(self.inner, "add"):
+            self.inner.add(callback, **kwargs)
+        else:
+            self.added = self.added + ((callback, dict(kwargs)),)
 
+    def to(self, device) -> CrossAttentionReplace:
+        """ComfyUI moves replace patches with the model (``model_patches_to``); a wrapped replace moves too."""
+        if self.inner is not None and hasattr(self.inner, "to"):
+            self.inner = self.inner.to(device)
+        return self
+
+    def _with_added(self, out: torch.Tensor, q, k, v, extra_options: dict[str, Any], call: LayerCall) -> torch.Tensor:
+        sigma = call.sigma if call.sigma is not None else 999999999.9
+        for callback, kwargs in self.added:
+            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", float("inf")):
+                kw = {n: x.to(q.device) if isinstance(x, torch.Tensor) else x for n, x in kwargs.items()}
+                out = out + callback(out, q, k, v, extra_options, **kw)
+        return out.to(q.dtype)
+
+    # -- the call ---------------------------------------------------------------------------------------------------
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]) -> torch.Tensor:
         call = layer_call(q, extra_options)
-        pass_observers = (extra_options.get(PASS_KEY) or {}).get("observers", ())
-        active = [o for o in (*self.observers, *pass_observers) if o.wants(call)]
-        editing = [e for e in self.editors if e.wants(call)]
+        out = self._attention(q, k, v, extra_options, call)
+        return self._with_added(out, q, k, v, extra_options, call) if self.added else out
+
+    def _attention(self, q, k, v, extra_options: dict[str, Any], call: LayerCall) -> torch.Tensor:
+        observers, editors = run_parts(extra_options)
+        active = [] if call.shuffled else [o for o in observers if o.wants(call)]
+        editing = [e for e in editors if e.wants(call)]
+        if (active or editing) and COUPLE_KEY in extra_options:
+            raise ValueError(
+                "prompt-control's Attention Couple is active in this sampling run: it repeats the positive rows once "
+                "per region and joins the regions' prompts into one context, so the positive prompt's own attention "
+                "cannot be told apart there. Attention Align's capture and methods need the plain prompt: remove "
+                "COUPLE from the prompt (or the couple node) for this model.")
         if editing:
-            return self._edited(q, k, v, call, extra_options["n_heads"], editing, active)
-        probs = attention_probs(q, k, extra_options["n_heads"]) if active else None
+            t = repeat_period(call, k.shape[1])
+            return self._edited(q, k[:, :t], v[:, :t], call, extra_options["n_heads"], editing, active)
+        probs = fold_repeats(attention_probs(q, k, extra_options["n_heads"]), call) if active else None
         for observer in active:
             observer.observe(probs, call)
         if self.inner is not None:

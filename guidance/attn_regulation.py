@@ -21,7 +21,8 @@ below 16×16); everything is float32 (the official code casts the edited logits 
 """
 from __future__ import annotations
 
-import copy
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 
@@ -44,7 +45,7 @@ def gaussian_bank(h: int, w: int, dtype=torch.float32, device=None) -> torch.Ten
     return torch.stack(maps)
 
 
-def regulation_loss(target_probs: torch.Tensor, weights: torch.Tensor, threshold: float, gamma: float = 1.0,
+def regulation_loss(target_probs: torch.Tensor, weights: torch.Tensor, threshold: float, *, gamma: float = 1.0,
                     delta: float = 80.0, epsilon: float = 0.09) -> torch.Tensor:
     """Eq. 9: target_probs ``[R, h, w, n]`` (softmax probabilities of the n targets), weights ``[R, K, n]``."""
     r, h, w, n = target_probs.shape
@@ -53,7 +54,7 @@ def regulation_loss(target_probs: torch.Tensor, weights: torch.Tensor, threshold
     return gamma * high + delta * similar + epsilon * (weights ** 2).mean()
 
 
-def optimise_bias(scores: torch.Tensor, targets: list[int], init_weights: torch.Tensor, iterations: int = 20,
+def optimise_bias(scores: torch.Tensor, targets: list[int], init_weights: torch.Tensor, *, iterations: int = 20,
                   lr: float = 100.0, gamma: float = 1.0, delta: float = 80.0, epsilon: float = 0.09):
     """Optimise the bump weights for logits ``scores`` ``[R, h, w, T]``; returns (best bias, initial bias, the loss
     before optimising, the best loss), the biases ``[R, h, w, n]`` on the target columns. Grad is enabled locally."""
@@ -70,7 +71,8 @@ def optimise_bias(scores: torch.Tensor, targets: list[int], init_weights: torch.
             additive = torch.zeros_like(scores)
             additive[..., targets] = bias                                          # only the target columns move
             edited = scores + additive
-            loss = regulation_loss(edited.softmax(dim=-1)[..., targets], weights, threshold, gamma, delta, epsilon)
+            loss = regulation_loss(edited.softmax(dim=-1)[..., targets], weights, threshold, gamma=gamma, delta=delta,
+                                   epsilon=epsilon)
             first_loss = loss.item() if first_loss is None else first_loss
             if loss.item() < best_loss:
                 best_loss, best = loss.item(), bias.detach().clone()
@@ -79,35 +81,50 @@ def optimise_bias(scores: torch.Tensor, targets: list[int], init_weights: torch.
     return best, initial, first_loss, best_loss
 
 
-class AttentionRegulation:
-    """The editor: regulates the target tokens' logits in the chosen layers during the first steps."""
+@dataclass(frozen=True, kw_only=True)
+class RegulationSettings:
+    """Attention Regulation's configuration (what the node hands on): target token positions, the prompt's eos
+    position, the seed of the initial bump weights and the official constants. :meth:`for_run` makes the editor of
+    one sampling run."""
+
+    targets: tuple[int, ...]
+    eos_index: int
+    seed: int = 0
+    edit_paper_steps: float = 25
+    iterations: int = 20
+    lr: float = 100.0
+    decay: float = 0.25
+    global_decay: float = 0.99
+    gamma: float = 1.0
+    delta: float = 80.0
+    epsilon: float = 0.09
 
     name = "Attention Regulation"
     min_map_side = 3                    # the Gaussian bank needs a centre at 2σ < side (σ = 1 below 16×16)
 
-    def __init__(self, targets: list[int], eos_index: int, seed: int = 0, edit_paper_steps: float = 25, iterations: int = 20, lr: float = 100.0, decay: float = 0.25,
-                 global_decay: float = 0.99, gamma: float = 1.0, delta: float = 80.0, epsilon: float = 0.09):
-        if not targets:
+    def __post_init__(self) -> None:
+        if not self.targets:
             raise ValueError("targets: Attention Regulation needs at least one target word")
-        self.targets, self.eos_index, self.seed = list(targets), eos_index, seed
-        self.edit_paper_steps, self.iterations, self.lr = edit_paper_steps, iterations, lr
-        self.decay, self.global_decay = decay, global_decay
-        self.gamma, self.delta, self.epsilon = gamma, delta, epsilon
-        self.begin_run()
+        object.__setattr__(self, "targets", tuple(self.targets))
 
-    def __deepcopy__(self, memo: dict) -> "AttentionRegulation":
-        return self
+    def for_run(self, layers: Collection | None = None) -> AttentionRegulation:
+        return AttentionRegulation(self, layers=layers)
 
-    def fresh(self) -> "AttentionRegulation":
-        """A copy with its own state, for another model."""
-        twin = copy.copy(self)
-        twin.begin_run()
-        return twin
 
-    def begin_run(self) -> None:
-        """Forget the previous bests and restart the random stream (each sampling run starts afresh)."""
+class AttentionRegulation:
+    """The editor of one sampling run: regulates the target tokens' logits in ``layers`` (replace keys; None: any
+    layer it is called for) during the first steps. Its state — the previous step's best bias per layer, the random
+    stream of initial weights, the losses — belongs to that run only."""
+
+    name = RegulationSettings.name
+    min_map_side = RegulationSettings.min_map_side
+
+    def __init__(self, settings: RegulationSettings, *, layers: Collection | None = None):
+        self.settings = settings
+        self.targets, self.eos_index = list(settings.targets), settings.eos_index
+        self.layers = None if layers is None else frozenset(layers)
         self.previous: dict[tuple[str, int, int], torch.Tensor] = {}
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator = torch.Generator().manual_seed(settings.seed)
         self.edits = 0
         self.losses: dict[int, list[tuple[float, float]]] = {}   # step → (loss before, best loss) per layer call
 
@@ -116,29 +133,32 @@ class AttentionRegulation:
             raise RuntimeError("Attention Regulation needs the sampler's σ schedule in transformer_options")
         step, _ = step_of(call.sigma, call.sample_sigmas)
         total = len(call.sample_sigmas) - 1
-        return (total if step is None else step), scale_step(self.edit_paper_steps, total)
+        return (total if step is None else step), scale_step(self.settings.edit_paper_steps, total)
 
     def wants(self, call: LayerCall) -> bool:
-        """It is attached only to the chosen layers; there it edits sampler passes with a positive prompt."""
-        if call.grad_pass or 0 not in call.cond_or_uncond:
+        """Sampler passes with a positive prompt, in its layers, during the first steps."""
+        if not call.sampler_pass or 0 not in call.cond_or_uncond or \
+                (self.layers is not None and call.key not in self.layers):
             return False
         step, n_edit = self._step(call)
         return step < n_edit
 
     def edit_scores(self, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        s = self.settings
         b, heads, n, t = scores.shape
         h, w = call.size
         rows = positive_index(call, b, scores.device)
         pos = scores[rows].reshape(-1, h, w, t)                                   # [R = B·heads, h, w, T]
         init = torch.rand((pos.shape[0], gaussian_bank(h, w).shape[0], len(self.targets)), generator=self.generator)
         with torch.inference_mode(False):
-            best, initial, before, after = optimise_bias(pos.detach().clone(), self.targets, init, self.iterations,
-                                                         self.lr, self.gamma, self.delta, self.epsilon)
+            best, initial, before, after = optimise_bias(pos.detach().clone(), self.targets, init,
+                                                         iterations=s.iterations, lr=s.lr, gamma=s.gamma,
+                                                         delta=s.delta, epsilon=s.epsilon)
         previous = self.previous.get(call.key, initial)
         self.previous[call.key] = best
         step, _ = self._step(call)
         self.losses.setdefault(step, []).append((before, after))
-        bias = (self.decay * previous.to(best) + (1 - self.decay) * best) * self.global_decay ** step
+        bias = (s.decay * previous.to(best) + (1 - s.decay) * best) * s.global_decay ** step
         edited_pos = pos.clone()
         edited_pos[..., self.targets] += bias
         out = scores.clone()

@@ -20,8 +20,8 @@ configurations on real checkpoints stay far below the bound; it catches extreme 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from einops import rearrange
@@ -50,16 +50,21 @@ class PassMaps:
     the loss, so the truncated pass gives the same loss and gradient as the full one at a fraction of the cost.
     """
 
-    def __init__(self, layers, *, truncate: bool = False):
+    def __init__(self, layers, *, truncate: bool = False, measure_only: bool = False, stop_graph: bool = False):
         self.layers = frozenset(layers)
         if not self.layers:
             raise ValueError("PassMaps needs at least one layer to read")
         self.truncate = truncate
+        self.measure_only = measure_only          # read a sampler evaluation without graph (fast mode, strength 0)
+        # fast mode: once every layer was read, the rest of the forward keeps no autograd graph (grad mode off until
+        # the caller's enable_grad context ends), so memory holds only what the loss's backward needs
+        self.stop_graph = stop_graph
         self.parts: dict[tuple[str, int, int], torch.Tensor] = {}
         self.size: tuple[int, int] | None = None
 
     def wants(self, call: LayerCall) -> bool:
-        return call.grad_pass and call.key in self.layers and call.key not in self.parts
+        wanted = (call.sampler_pass and not call.grad_pass) if self.measure_only else call.grad_pass
+        return wanted and call.key in self.layers and call.key not in self.parts and 0 in call.cond_or_uncond
 
     def observe(self, probs: torch.Tensor, call: LayerCall) -> None:
         if self.size is not None and call.size != self.size:
@@ -67,8 +72,11 @@ class PassMaps:
                                f"{call.size} at {call.key}")
         self.size = call.size
         self.parts[call.key] = positive_rows(probs, call).mean(dim=1)      # [B, h·w, T]
-        if self.truncate and len(self.parts) == len(self.layers):
-            raise StopForward
+        if len(self.parts) == len(self.layers):
+            if self.truncate:
+                raise StopForward
+            if self.stop_graph:
+                torch.set_grad_enabled(False)
 
     def maps(self) -> torch.Tensor:
         if not self.parts:
@@ -190,23 +198,33 @@ def _refine(x, loss, delta, alpha, plan: Plan, grad_fn: GradFn, rec: StepRecord,
 
 @dataclass
 class GuidanceLog:
-    """Per-run record of guidance (the ``GUIDANCE_LOG`` type): one :class:`StepRecord` per guided step."""
+    """The log a guided sampling run writes while it runs: one :class:`StepRecord` per guided step, and notes.
+    Per run (a fresh log for every run); :meth:`finish` freezes it into the published :class:`GuidanceRecord`."""
 
     method: str = ""
     sampler: str = ""
-    path: str = ""                      # "in_place" or "chunked"
+    path: str = ""                      # "in_place", "chunked" or "attention edit"
     total_steps: int = 0
     steps: list[StepRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    runs: int = 0
 
-    def __deepcopy__(self, memo: dict) -> "GuidanceLog":
-        return self  # one handle shared by every clone of the guided model
+    def finish(self, stamp=None) -> GuidanceRecord:
+        return GuidanceRecord(self.method, self.sampler, self.path, self.total_steps, tuple(self.steps),
+                              tuple(self.notes), stamp)
 
-    def begin_run(self, method: str, sampler: str, path: str, total_steps: int) -> None:
-        self.method, self.sampler, self.path, self.total_steps = method, sampler, path, total_steps
-        self.steps, self.notes = [], []
-        self.runs += 1
+
+@dataclass(frozen=True)
+class GuidanceRecord:
+    """What one guided sampling run did (the ``GUIDANCE_LOG`` value): the method, the sampler and how it was
+    guided, one :class:`StepRecord` per guided step (never modified after the run), notes, and which run it was."""
+
+    method: str
+    sampler: str
+    path: str
+    total_steps: int
+    steps: tuple[StepRecord, ...]
+    notes: tuple[str, ...]
+    stamp: object = None                # session.RunStamp
 
     def loss_curve(self) -> tuple[list[int], torch.Tensor]:
         """(step indices, ``[n_steps, B]`` loss before each step's updates)."""

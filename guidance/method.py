@@ -1,32 +1,57 @@
-"""What a gradient-guidance node hands the sampler (the ``GUIDANCE`` type): an objective plus its schedule."""
+"""What a guidance node hands the sampler (the ``GUIDANCE`` type), and each kind's per-run part.
+
+Both kinds are methods in the session's sense (``session.py``): ``begin(info, layers)`` gives the state of one
+sampling run, whose ``end(stamp)`` is the immutable :class:`~.engine.GuidanceRecord` of that run.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from .engine import MAX_UPDATE_RATIO
+from .engine import MAX_UPDATE_RATIO, GuidanceLog, GuidanceRecord, StepRecord
 from .schedule import Plan, make_plan
+from .session import LayerKey, RunInfo, RunStamp
 
 
 class Editor(Protocol):
+    """An attention edit's configuration; :meth:`for_run` makes the editor of one run, bound to its layers."""
+
     name: str
 
-    def fresh(self) -> "Editor": ...
+    def for_run(self, layers=None): ...
 
 
 class Objective(Protocol):
     """A loss on the positive prompt's cross-attention maps at one level."""
 
     name: str
-    downsample: int                     # latent pixels per map pixel of the maps it reads
+    level: int                          # image pixels per map pixel of the maps it reads
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
         """maps ``[B, T, h, w]`` (head- and layer-averaged probabilities) → loss per sample ``[B]``."""
 
 
-@dataclass(frozen=True)
+@dataclass
+class GradientRun:
+    """One sampling run of a gradient guidance: its log, the layers the loss reads, and ``driver`` — the host's
+    per-run step machinery, set by the sampler wrapper when the sampler starts."""
+
+    guidance: GradientGuidance
+    info: RunInfo
+    read_layers: frozenset
+    log: GuidanceLog = field(default_factory=GuidanceLog)
+    driver: object | None = None
+    observers: tuple = ()
+    editors: tuple = ()
+
+    def end(self, stamp: RunStamp) -> GuidanceRecord:
+        return self.log.finish(stamp)
+
+
+@dataclass(frozen=True, kw_only=True)
 class GradientGuidance:
     """An objective with the paper's 50-step schedule; :meth:`plan` scales it to a run."""
 
@@ -41,36 +66,66 @@ class GradientGuidance:
     give_up_at: int | None = None
     enter_above: bool = False
     max_update_ratio: float = MAX_UPDATE_RATIO    # runaway bound on a step's change / the latent's RMS (inf: off)
+    fast: bool = False                  # take loss and gradient from the sampler's own evaluation (no refinement)
 
     def plan(self, total_steps: int) -> Plan:
-        return make_plan(total_steps, self.guided_paper_steps, self.scale, self.decay, self.strength,
-                         dict(self.refine_paper_thresholds), self.max_iters, self.stop_below, self.give_up_at,
-                         self.enter_above)
+        return make_plan(total_steps, self.guided_paper_steps, self.scale, decay=self.decay, strength=self.strength,
+                         refine_paper_thresholds=dict(self.refine_paper_thresholds), max_iters=self.max_iters,
+                         stop_below=self.stop_below, give_up_at=self.give_up_at, enter_above=self.enter_above)
 
     @property
     def name(self) -> str:
         return self.objective.name
 
     @property
-    def capture_downsample(self) -> int:
-        return self.objective.downsample
+    def level(self) -> int:
+        """The level the objective reads (image pixels per map pixel); the Guided KSampler's maps come from it."""
+        return self.objective.level
+
+    def begin(self, info: RunInfo, layers: Mapping[LayerKey, int]) -> GradientRun:
+        return GradientRun(self, info, frozenset(layers), GuidanceLog(self.name, info.sampler, "", info.total_steps))
 
 
-@dataclass(frozen=True)
+@dataclass
+class EditRun:
+    """One sampling run of an attention edit: the editor bound to the run's layers, and its log."""
+
+    guidance: AttentionEditGuidance
+    info: RunInfo
+    editors: tuple = ()
+    observers: tuple = ()
+
+    def end(self, stamp: RunStamp) -> GuidanceRecord:
+        log = GuidanceLog(self.guidance.name, self.info.sampler, "attention edit", self.info.total_steps)
+        sigmas = self.info.sigmas
+        for editor in self.editors:                              # Attention Regulation's own loss per step
+            for step, pairs in sorted(getattr(editor, "losses", {}).items()):
+                before, after = (sum(v) / len(v) for v in zip(*pairs))
+                log.steps.append(StepRecord(step, float(sigmas[min(step, len(sigmas) - 1)]), 0.0,
+                                            [torch.tensor([before]), torch.tensor([after])]))
+        return log.finish(stamp)
+
+
+@dataclass(frozen=True, kw_only=True)
 class AttentionEditGuidance:
     """A method that changes the attention itself (Attention Regulation, Attention Modulation), no latent steps.
 
-    ``cross_editor`` edits the cross-attention of the layers at ``cross_downsample`` (latent pixels per map pixel;
-    None: every cross-attention layer); ``self_settings`` (Modulation) sets the self-attention temperature.
+    ``cross_editor`` edits the cross-attention of the layers at ``cross_level`` (image pixels per map pixel; None:
+    every cross-attention layer); ``self_settings`` (Modulation) sets the self-attention temperature.
     ``context`` is the encoded prompt the token positions belong to, checked against the positive prompt.
     """
 
     name: str
     cross_editor: Editor | None
-    cross_downsample: int | None = 4
+    cross_level: int | None = 32
     self_settings: object | None = None
     context: torch.Tensor | None = None
 
     @property
-    def capture_downsample(self) -> int:
-        return 4 if self.cross_downsample is None else self.cross_downsample
+    def edits_attention(self) -> bool:
+        """Whether it changes cross-attention (another pack's opaque replace on its layers is then refused)."""
+        return self.cross_editor is not None
+
+    def begin(self, info: RunInfo, layers: Mapping[LayerKey, int]) -> EditRun:
+        editors = () if self.cross_editor is None else (self.cross_editor.for_run(frozenset(layers)),)
+        return EditRun(self, info, editors)

@@ -19,6 +19,7 @@ that is actually sampled.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -126,14 +127,15 @@ class CrossAttentionModulation:
 
     name = "Attention Modulation"
 
-    def __init__(self, settings: ModulationSettings, groups: list[list[int]], nouns: list[int], attributes: list[int]):
+    def __init__(self, settings: ModulationSettings, groups: list[list[int]], nouns: list[int], attributes: list[int],
+                 *, layers: Collection | None = None):
         self.settings, self.groups, self.nouns, self.attributes = settings, groups, nouns, attributes
+        self.layers = None if layers is None else frozenset(layers)
 
-    def __deepcopy__(self, memo: dict) -> "CrossAttentionModulation":
-        return self
+    def for_run(self, layers: Collection | None = None) -> CrossAttentionModulation:
+        """The editor for one run's layers (it keeps no state, so this is only a copy bound to them)."""
+        return CrossAttentionModulation(self.settings, self.groups, self.nouns, self.attributes, layers=layers)
 
-    def fresh(self) -> "CrossAttentionModulation":
-        return self  # stateless
     def _active(self, p: float) -> tuple[bool, float, float]:
         mask = self.settings.masking_at(p) and len(self.groups) >= 2
         w_noun, w_attr = self.settings.weights_at(p)
@@ -141,6 +143,8 @@ class CrossAttentionModulation:
 
     def wants(self, call: LayerCall) -> bool:
         if 0 not in call.cond_or_uncond:        # gradient passes included: they must see the attention sampled
+            return False
+        if self.layers is not None and call.key not in self.layers:
             return False
         mask, w_noun, w_attr = self._active(phase(call))
         return mask or w_noun != 1.0 or w_attr != 1.0
@@ -167,9 +171,6 @@ class SelfAttentionTemperature:
 
     def __init__(self, attention_fn, settings: ModulationSettings, inner=None):
         self.attention_fn, self.settings, self.inner = attention_fn, settings, inner
-
-    def __deepcopy__(self, memo: dict) -> "SelfAttentionTemperature":
-        return self
 
     def __call__(self, q, k, v, extra_options):
         from .attention_patch import layer_call

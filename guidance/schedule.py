@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 PAPER_STEPS = 50
 
 
-def scale_step(paper_step: float, total: int, paper_total: int = PAPER_STEPS) -> int:
+def scale_step(paper_step: float, total: int, *, paper_total: int = PAPER_STEPS) -> int:
     """Paper step index → step index of an N-step run (round half up)."""
     return int(math.floor(paper_step * total / paper_total + 0.5))
 
 
-def step_size(i: int, total: int, scale: float, decay: bool = True) -> float:
+def step_size(i: int, total: int, scale: float, *, decay: bool = True) -> float:
     """``scale·√(1 − 0.5·i/N)`` (A&E, T-SAM) or a constant ``scale`` (SynGen, ``decay=False``)."""
     return scale * math.sqrt(1.0 - 0.5 * i / total) if decay else scale
 
@@ -60,7 +60,7 @@ class Plan:
         return self.refinement is not None and i in self.refinement.steps and i in self.guided
 
 
-def make_plan(total: int, guided_paper_steps: float, scale: float, decay: bool = True, strength: float = 1.0,
+def make_plan(total: int, guided_paper_steps: float, scale: float, *, decay: bool = True, strength: float = 1.0,
               refine_paper_thresholds: dict[float, float] | None = None, max_iters: int = 0,
               stop_below: bool = True, give_up_at: int | None = None, enter_above: bool = False) -> Plan:
     """The plan for an N-step run from a paper's 50-step settings; ``strength`` multiplies every step size.
@@ -72,7 +72,7 @@ def make_plan(total: int, guided_paper_steps: float, scale: float, decay: bool =
         raise ValueError(f"steps: a run needs at least 1 step, got {total}")
     n_guided = min(total, scale_step(guided_paper_steps, total))
     guided = frozenset(range(n_guided))
-    alphas = {i: strength * step_size(i, total, scale, decay) for i in guided}
+    alphas = {i: strength * step_size(i, total, scale, decay=decay) for i in guided}
     refinement = None
     if refine_paper_thresholds and max_iters > 0:
         thresholds: dict[int, float] = {}

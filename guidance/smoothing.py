@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 
-def official_taps(kernel_size: int = 3, sigma: float = 0.5, dtype=torch.float32) -> torch.Tensor:
+def official_taps(*, kernel_size: int = 3, sigma: float = 0.5, dtype=torch.float32) -> torch.Tensor:
     """1-D taps of the official kernel: ``exp(-((x-μ)/(2σ))²)`` normalised to sum 1."""
     mean = (kernel_size - 1) / 2
     x = torch.arange(kernel_size, dtype=torch.float64)
@@ -20,7 +20,7 @@ def official_taps(kernel_size: int = 3, sigma: float = 0.5, dtype=torch.float32)
     return (g / g.sum()).to(dtype)
 
 
-def smooth_maps(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
+def smooth_maps(maps: torch.Tensor, *, kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     """Smooth every 2-D map of ``maps`` ``[..., h, w]`` with the official kernel (reflect pad, valid conv).
 
     Returns a tensor of the same shape. Maps need h, w > kernel_size // 2 (reflect padding's limit).
@@ -31,7 +31,8 @@ def smooth_maps(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) ->
         raise ValueError(f"level: the attention maps at this level are {h}×{w}, too small for the official "
                          f"{kernel_size}×{kernel_size} smoothing (each side must exceed {pad}); choose a finer level "
                          "(a smaller image divisor) or a larger image")
-    taps = official_taps(kernel_size, sigma, maps.dtype if maps.is_floating_point() else torch.float32)
+    taps = official_taps(kernel_size=kernel_size, sigma=sigma,
+                         dtype=maps.dtype if maps.is_floating_point() else torch.float32)
     kernel = (taps[:, None] * taps[None, :]).to(maps.device)[None, None]          # [1, 1, k, k]
     flat = maps.reshape(-1, 1, h, w)
     out = F.conv2d(F.pad(flat, (pad, pad, pad, pad), mode="reflect"), kernel.to(flat.dtype))

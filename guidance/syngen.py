@@ -80,22 +80,22 @@ def syngen_loss(maps: torch.Tensor, groups: list[Group], prompt_positions: list[
 
 
 class SynGenObjective:
-    """SynGen's loss on the maps at one level (``name``/``downsample``/``loss`` protocol)."""
+    """SynGen's loss on the maps at one level (``name``/``level``/``loss`` protocol)."""
 
     name = "SynGen"
 
-    def __init__(self, groups: list[Group], eos_index: int, downsample: int = 4, context: torch.Tensor | None = None):
+    def __init__(self, groups: list[Group], *, eos_index: int, level: int = 32, context: torch.Tensor | None = None):
         if not groups:
             raise ValueError("groups: SynGen needs at least one group of a modifier and its noun")
         self.groups = [[tuple(w) for w in g] for g in groups]
-        self.eos_index, self.downsample, self.context = eos_index, downsample, context
+        self.eos_index, self.level, self.context = eos_index, level, context
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
         return syngen_loss(maps, self.groups, list(range(1, self.eos_index)))
 
 
-def syngen_guidance(groups: list[Group], eos_index: int, strength: float = 1.0, scale: float = 20.0,
-                    guided_paper_steps: float = 25, downsample: int = 4, context: torch.Tensor | None = None):
+def syngen_guidance(groups: list[Group], *, eos_index: int, strength: float = 1.0, scale: float = 20.0,
+                    guided_paper_steps: float = 25, level: int = 32, context: torch.Tensor | None = None):
     """SynGen with the official configuration (run.py): constant step 20, updates at i < 25 of 50, no refinement."""
-    return GradientGuidance(objective=SynGenObjective(groups, eos_index, downsample, context),
+    return GradientGuidance(objective=SynGenObjective(groups, eos_index=eos_index, level=level, context=context),
                             guided_paper_steps=guided_paper_steps, scale=scale, decay=False, strength=strength)

@@ -25,7 +25,7 @@ def text_attention_from_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Ten
     return scores.softmax(dim=-1)
 
 
-def tsam_target(mean_attention: torch.Tensor, eos_index: int, gamma: float = 3.0) -> torch.Tensor:
+def tsam_target(mean_attention: torch.Tensor, eos_index: int, *, gamma: float = 3.0) -> torch.Tensor:
     """T-SAM's target T̂ from the head- and layer-averaged text self-attention (T-SAM §3.2, released config).
 
     mean_attention: ``[T, T]``. Drops bos (the attention sink), eos and padding (``[1:eos, 1:eos]``), raises to γ
@@ -82,4 +82,4 @@ class TextAttention:
 
     def target(self, gamma: float | None = None) -> torch.Tensor:
         """T̂ ``[L, L]`` (see :func:`tsam_target`), with this node's γ unless another is given."""
-        return tsam_target(self.mean_attention(), self.eos_index, self.gamma if gamma is None else gamma)
+        return tsam_target(self.mean_attention(), self.eos_index, gamma=self.gamma if gamma is None else gamma)

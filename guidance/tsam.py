@@ -30,7 +30,7 @@ def cosine_with_unit_diagonal(maps: torch.Tensor) -> torch.Tensor:
     return cos.tril(-1) + eye
 
 
-def tsam_loss_paper(maps: torch.Tensor, target: torch.Tensor, row_weight: float = 1.0) -> torch.Tensor:
+def tsam_loss_paper(maps: torch.Tensor, target: torch.Tensor, *, row_weight: float = 1.0) -> torch.Tensor:
     """Paper formula: L = Σ_{i=1}^{L−1} (row_weight·(i+1)/L) · Σ_{j≤i} |T̂_ij − S_ij| with S = C / rowsum(C).
 
     i is 0-based (the paper's 1-based i over s = L/row_weight). maps ``[B, L, h, w]``, target T̂ ``[L, L]``;
@@ -62,18 +62,18 @@ def tsam_loss_cosine(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((1 - cos) * weights).sum(dim=-1)
 
 
-def tsam_loss(maps: torch.Tensor, target: torch.Tensor, variant: str = "paper", row_weight: float = 1.0) -> torch.Tensor:
+def tsam_loss(maps: torch.Tensor, target: torch.Tensor, variant: str = "paper", *, row_weight: float = 1.0) -> torch.Tensor:
     """Dispatch on ``variant`` (``paper`` | ``cosine``); see the two functions above."""
     if maps.shape[1] != target.shape[0]:
         raise ValueError(f"T-SAM: {maps.shape[1]} token maps but T̂ is {tuple(target.shape)}")
     if variant == "paper":
-        return tsam_loss_paper(maps, target, row_weight)
+        return tsam_loss_paper(maps, target, row_weight=row_weight)
     if variant == "cosine":
         return tsam_loss_cosine(maps, target)
     raise ValueError(f"loss: '{variant}' is not a T-SAM loss; choose one of {', '.join(VARIANTS)}")
 
 
-def tsam_threshold(num_tokens: int, per_token: float = 0.14) -> float:
+def tsam_threshold(num_tokens: int, *, per_token: float = 0.14) -> float:
     """Refinement threshold ``0.14·(L−1)``: the official dict {5: 0.14·4, 6: 0.14·5, 7: 0.14·6} for any L ≥ 2."""
     return per_token * (num_tokens - 1)
 
@@ -82,28 +82,29 @@ REFINE_MODES = ("official", "until_threshold", "off")
 
 
 class TSAMObjective:
-    """T-SAM's loss on the prompt tokens 1..L of maps at one level (``name``/``downsample``/``loss`` protocol)."""
+    """T-SAM's loss on the prompt tokens 1..L of maps at one level (``name``/``level``/``loss`` protocol)."""
 
     name = "T-SAM"
     min_map_side = 2                    # the official 3×3 smoothing reflect-pads by one pixel
 
-    def __init__(self, target: torch.Tensor, eos_index: int, variant: str = "paper", row_weight: float = 1.0,
-                 downsample: int = 4, context: torch.Tensor | None = None):
+    def __init__(self, target: torch.Tensor, *, eos_index: int, variant: str = "paper", row_weight: float = 1.0,
+                 level: int = 32, context: torch.Tensor | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"loss: '{variant}' is not a T-SAM loss; choose one of {', '.join(VARIANTS)}")
         self.target, self.eos_index, self.variant = target.float(), eos_index, variant
-        self.row_weight, self.downsample = row_weight, downsample
+        self.row_weight, self.level = row_weight, level
         self.context = context  # the encoded prompt T came from; the sampler checks the positive prompt against it
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
         if maps.shape[1] < self.eos_index:
             raise ValueError(f"T-SAM: the maps have {maps.shape[1]} tokens, the prompt needs {self.eos_index}")
-        return tsam_loss(maps[:, 1:self.eos_index], self.target.to(maps.device), self.variant, self.row_weight)
+        return tsam_loss(maps[:, 1:self.eos_index], self.target.to(maps.device), self.variant,
+                         row_weight=self.row_weight)
 
 
-def tsam_guidance(target: torch.Tensor, eos_index: int, prompt: str = "", variant: str = "paper",
+def tsam_guidance(target: torch.Tensor, *, eos_index: int, prompt: str = "", variant: str = "paper",
                   strength: float = 1.0, scale: float = 5.0, guided_paper_steps: float = 30,
-                  refine: str = "official", threshold_per_token: float = 0.14, downsample: int = 4,
+                  refine: str = "official", threshold_per_token: float = 0.14, level: int = 32,
                   row_weight: float = 1.0, context: torch.Tensor | None = None):
     """T-SAM with the released configuration (config.yaml): α = 5·√linspace(1, 0.5), updates at i < 30 of 50,
     refinement at steps 0/10/20 with threshold 0.14·(L−1) — up to 30 iterations, giving up at iteration 20 if still
@@ -114,10 +115,11 @@ def tsam_guidance(target: torch.Tensor, eos_index: int, prompt: str = "", varian
                          "use a prompt of at least two tokens")
     if refine not in REFINE_MODES:
         raise ValueError(f"refine: '{refine}' is not one of {', '.join(REFINE_MODES)}")
-    threshold = tsam_threshold(n, threshold_per_token)
+    threshold = tsam_threshold(n, per_token=threshold_per_token)
     refine_steps = () if refine == "off" else tuple((k, threshold) for k in (0.0, 10.0, 20.0))
     return GradientGuidance(
-        objective=TSAMObjective(target, eos_index, variant, row_weight, downsample, context),
+        objective=TSAMObjective(target, eos_index=eos_index, variant=variant, row_weight=row_weight,
+                                level=level, context=context),
         guided_paper_steps=guided_paper_steps, scale=scale, decay=True, strength=strength,
         refine_paper_thresholds=refine_steps, max_iters=30 if refine != "off" else 0,
         stop_below=refine == "until_threshold", give_up_at=20 if refine == "official" else None)

@@ -101,7 +101,7 @@ def matrix_pixels(matrix: torch.Tensor, cell: int, lower_only: bool = True) -> t
     return px.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
 
 
-def grid(tiles: torch.Tensor, columns: int, pad: int = 4, fill: float = 1.0) -> torch.Tensor:
+def grid(tiles: torch.Tensor, columns: int, *, pad: int = 4, fill: float = 1.0) -> torch.Tensor:
     """Arrange ``[n, H, W, 3]`` tiles row by row in ``columns`` columns with ``pad`` pixels between them."""
     n, h, w, c = tiles.shape
     columns = max(1, min(columns, n))

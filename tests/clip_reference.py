@@ -27,7 +27,7 @@ def clip_reference_attention(state_dict: dict, prefix: str, ids: list[int], head
     for i in range(depth):
         layer = f"encoder.layers.{i}."
         h = F.layer_norm(x, (width,), w(layer + "layer_norm1.weight"), w(layer + "layer_norm1.bias"), eps=1e-5)
-        proj = lambda name, v: v @ w(layer + f"self_attn.{name}.weight").T + w(layer + f"self_attn.{name}.bias")  # noqa: E731
+        proj = lambda name, v, layer=layer: v @ w(layer + f"self_attn.{name}.weight").T + w(layer + f"self_attn.{name}.bias")  # noqa: E731
         q, k, v = proj("q_proj", h), proj("k_proj", h), proj("v_proj", h)
         probs = torch.stack([torch.softmax(q[:, j * d:(j + 1) * d] @ k[:, j * d:(j + 1) * d].T / d ** 0.5 + causal, -1)
                              for j in range(heads)])                                     # [heads, T, T]

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-
 from attention_align.guidance.attend_excite import attend_excite_guidance, attend_excite_loss, subject_maxima
 
 TAPS = [0.2119415576170854, 0.5761168847658291, 0.2119415576170854]
@@ -67,7 +66,7 @@ def test_subjects_outside_the_prompt_are_refused():
 
 
 def test_official_configuration():
-    plan = attend_excite_guidance([(2,)], 5).plan(50)
+    plan = attend_excite_guidance([(2,)], eos_index=5).plan(50)
     assert plan.guided == frozenset(range(25))
     assert plan.alphas[0] == pytest.approx(20.0) and plan.alphas[24] == pytest.approx(20 * math.sqrt(1 - 0.5 * 24 / 50))
     r = plan.refinement

@@ -4,9 +4,14 @@ import math
 
 import pytest
 import torch
-
-from attention_align.guidance.attention_patch import (PASS_KEY, CrossAttentionReplace, attention_probs, layer_call,
-                                                      positive_rows, probs_times_v)
+from attention_align.guidance.attention_patch import (
+    PASS_KEY,
+    CrossAttentionReplace,
+    attention_probs,
+    layer_call,
+    positive_rows,
+    probs_times_v,
+)
 
 HEADS = 2
 
@@ -72,8 +77,8 @@ def test_output_is_the_kernel_output_and_observers_get_float32_probs():
         return kernel(*args, **kwargs)
 
     spy, idle = Spy(), Spy(want=False)
-    rep = CrossAttentionReplace(recording_kernel, (spy, idle))
-    opts = options()
+    rep = CrossAttentionReplace(recording_kernel)
+    opts = options(**{PASS_KEY: {"observers": [spy, idle]}})
     out = rep(q, k, v, opts)
     assert torch.equal(out, kernel(q, k, v, HEADS))
     assert calls[0]["transformer_options"] is opts                  # the host kernel sees the same options
@@ -87,7 +92,7 @@ def test_a_foreign_replace_still_computes_the_output():
     q, k, v = torch.randn(2, 16, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     foreign = lambda q, k, v, extra: torch.full_like(q, 7.0)  # noqa: E731
     spy = Spy()
-    out = CrossAttentionReplace(kernel, (spy,), inner=foreign)(q, k, v, options())
+    out = CrossAttentionReplace(kernel, inner=foreign)(q, k, v, options(**{PASS_KEY: {"observers": [spy]}}))
     assert torch.equal(out, torch.full_like(q, 7.0)) and len(spy.seen) == 1
 
 
@@ -122,12 +127,22 @@ def test_half_precision_forward_gets_float32_probs_and_a_gradient(dtype):
     assert q.grad.float().abs().sum() > 0
 
 
-def test_replace_survives_clone_deepcopy_and_is_immutable():
-    a, b = Spy(), Spy()
-    rep = CrossAttentionReplace(kernel, (a,))
-    assert copy.deepcopy({"r": rep})["r"] is rep
-    rep2 = rep.with_observer(b)
-    assert rep.observers == (a,) and rep2.observers == (a, b)
+def test_the_router_holds_no_run_state_and_reads_the_session_of_each_run():
+    """Clones deep-copy the router (ModelPatcher.clone); what it calls comes from each run's session, so two runs
+    of one router (or of its copies) see only their own observers."""
+    from attention_align.guidance.session import RunInfo, Session
+
+    q, k, v = torch.randn(2, 16, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    rep = CrossAttentionReplace(kernel)
+    twin = copy.deepcopy({"r": rep})["r"]
+    assert twin is not rep and twin == rep and vars(twin).keys() == {"attention_fn", "inner", "added", "absorbed"}
+    runs = []
+    for router in (rep, twin):
+        session, spy = Session(RunInfo(sigmas=torch.tensor([3.5, 0.0]))), Spy()
+        session.add(object(), type("Run", (), {"observers": (spy,), "editors": ()})())
+        router(q, k, v, options(**{PASS_KEY: {"session": session}}))
+        runs.append(spy)
+    assert len(runs[0].seen) == len(runs[1].seen) == 1
 
 
 @pytest.mark.parametrize("cou, expected", [((1, 0), [2, 3]), ((0, 1), [0, 1]), ((0,), [0, 1])])
@@ -159,3 +174,56 @@ def test_per_tensor_cache_computes_once_per_object_and_forgets_dead_tensors():
     del a
     gc.collect()
     assert len(cache.values) == 1
+
+
+def test_a_repeated_context_is_folded_to_the_prompts_own_softmax():
+    """ComfyUI pads a batch's prompts to a common length by repeating them: the probabilities summed over the copies
+    are exactly the softmax over the prompt itself."""
+    from attention_align.guidance.attention_patch import fold_repeats
+    from attention_align.guidance.session import RunInfo, Session
+
+    q, k = torch.randn(1, 16, 8, dtype=torch.float64), torch.randn(1, 5, 8, dtype=torch.float64)
+    session = Session(RunInfo(sigmas=torch.tensor([3.5, 0.0]), context_tokens=5))
+    call = layer_call(q, options(b=1, cou=(0,), **{PASS_KEY: {"session": session}}))
+    folded = fold_repeats(attention_probs(q, k.repeat(1, 3, 1), HEADS), call)
+    torch.testing.assert_close(folded, attention_probs(q, k, HEADS), rtol=0, atol=1e-12)
+    plain = layer_call(q, options(b=1, cou=(0,)))                       # no run info: nothing is folded
+    assert fold_repeats(attention_probs(q, k.repeat(1, 3, 1), HEADS), plain).shape[-1] == 15
+
+
+def test_ipadapter_terms_added_to_the_router_are_gated_by_sigma_and_forwarded_to_a_wrapped_replace():
+    q, k, v = torch.randn(2, 16, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    term = lambda out, q, k, v, extra, weight, **kw: torch.full_like(out, weight)  # noqa: E731
+    rep = CrossAttentionReplace(kernel)
+    rep.add(term, weight=2.0, sigma_start=10.0, sigma_end=3.0)
+    rep.add(term, weight=5.0, sigma_start=3.0, sigma_end=0.0)
+    out = rep(q, k, v, options())                                       # σ = 3.5: only the first term
+    torch.testing.assert_close(out, kernel(q, k, v, HEADS) + 2.0)
+    twin = copy.deepcopy(rep)                                            # what ModelPatcher.clone() does
+    twin.add(term, weight=100.0, sigma_start=10.0, sigma_end=0.0)
+    assert len(rep.added) == 2 and len(twin.added) == 3                  # the clone's add does not leak back
+
+    class Speaks:
+        def __init__(self):
+            self.added = []
+
+        def add(self, callback, **kwargs):
+            self.added.append(kwargs)
+
+        def __call__(self, q, k, v, extra):
+            return torch.zeros_like(q)
+    inner = Speaks()
+    wrapper = CrossAttentionReplace(kernel, inner=inner)
+    wrapper.add(term, weight=1.0, sigma_start=1.0, sigma_end=0.0)
+    assert inner.added == [{"weight": 1.0, "sigma_start": 1.0, "sigma_end": 0.0}] and wrapper.added == ()
+
+
+def test_token_shuffled_passes_are_not_observed_and_prompt_controls_couple_is_refused():
+    q, k, v = torch.randn(2, 16, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    spy = Spy()
+    rep = CrossAttentionReplace(kernel)
+    rep(q, k, v, options(tpg=True, **{PASS_KEY: {"observers": [spy]}}))
+    assert spy.seen == []
+    with pytest.raises(ValueError, match="prompt-control's Attention Couple is active"):
+        rep(q, k, v, options(cond_or_uncond_hook_couple=[1, 0, 0], **{PASS_KEY: {"observers": [spy]}}))
+    rep(q, k, v, options(cond_or_uncond_hook_couple=[1, 0, 0]))         # nothing of ours is active: no error

@@ -3,10 +3,8 @@ import math
 
 import pytest
 import torch
-
 from attention_align.guidance.attention_patch import PASS_KEY, layer_call
-from attention_align.guidance.attn_regulation import (AttentionRegulation, gaussian_bank, optimise_bias,
-                                                      regulation_loss)
+from attention_align.guidance.attn_regulation import RegulationSettings, gaussian_bank, optimise_bias, regulation_loss
 
 
 # ---- the official code (attention_regulation/attn_processor.py), with grad scoped by a context ------------------
@@ -99,7 +97,7 @@ def test_two_steps_match_the_official_optimiser_blend_and_decay(targets):
     heads, seq = 2, 10
     logits = [torch.randn(2 * heads, 16, 16, seq, generator=torch.Generator().manual_seed(s)) * 2 for s in (1, 2)]
     internals = {}
-    editor = AttentionRegulation(targets, eos_index=7, seed=123)
+    editor = RegulationSettings(targets=targets, eos_index=7, seed=123).for_run()
     for step, lg in enumerate(logits):
         torch.manual_seed(123 if step == 0 else 0)
         if step == 1:                                    # the official stream continues; align ours to it
@@ -113,19 +111,21 @@ def test_two_steps_match_the_official_optimiser_blend_and_decay(targets):
 
 def test_editor_is_deterministic_under_its_seed_and_restarts_per_run():
     scores = torch.randn(2, 2, 256, 10, generator=torch.Generator().manual_seed(5))
-    run = lambda seed: AttentionRegulation([2], 7, seed=seed).edit_scores(scores, editor_call(0))  # noqa: E731
+    def run(seed):
+        return RegulationSettings(targets=[2], eos_index=7, seed=seed).for_run().edit_scores(scores, editor_call(0))
+
     assert torch.equal(run(4), run(4)) and not torch.equal(run(4), run(5))
-    editor = AttentionRegulation([2], 7, seed=4)
+    settings = RegulationSettings(targets=[2], eos_index=7, seed=4)
+    editor = settings.for_run()
     first = editor.edit_scores(scores, editor_call(0))
-    editor.begin_run()
-    assert torch.equal(editor.edit_scores(scores, editor_call(0)), first) and editor.previous
-    twin = editor.fresh()
+    assert editor.previous
+    twin = settings.for_run()                            # the next sampling run: its own state, same stream
     assert twin.previous == {} and twin.previous is not editor.previous
     assert torch.equal(twin.edit_scores(scores, editor_call(0)), first)
 
 
 def test_editor_scope_bos_eos_restore_and_grad_mode():
-    editor = AttentionRegulation([2, 3], 7, seed=0)
+    editor = RegulationSettings(targets=[2, 3], eos_index=7, seed=0).for_run()
     assert editor.wants(editor_call(24)) and not editor.wants(editor_call(25))         # first 25 of 50
     assert not editor.wants(editor_call(0, grad=True)) and not editor.wants(editor_call(0, cou=(1,), b=1))
     scores = torch.randn(2, 2, 256, 10)

@@ -1,7 +1,6 @@
 """The update loop: plain steps, the official refinement control flows, per-sample independence, interrupts."""
 import pytest
 import torch
-
 from attention_align.guidance.attention_patch import PASS_KEY, layer_call
 from attention_align.guidance.engine import PassMaps, StopForward, guided_step
 from attention_align.guidance.schedule import make_plan

@@ -3,7 +3,6 @@ import re
 
 import pytest
 import torch
-
 from attention_align.guidance.grouping import auto_groups, parse_groups, parse_subjects, unify
 from attention_align.guidance.tokens import Word
 

@@ -1,9 +1,9 @@
 """The recorder behind ATTENTION_MAPS, fed with synthetic layer calls."""
 import pytest
 import torch
-
 from attention_align.guidance.attention_patch import PASS_KEY, layer_call
-from attention_align.guidance.maps import AttentionRecorder, step_of
+from attention_align.guidance.maps import AttentionRecorder, CaptureMaps, step_of
+from attention_align.guidance.session import RunInfo, RunStamp
 
 SCHEDULE = torch.tensor([10.0, 5.0, 2.0, 0.0])
 
@@ -78,11 +78,21 @@ def test_steps_are_kept_per_sigma_with_schedule_index():
                                (to_maps(probs(seed=1)[1:], 4, 4) + to_maps(probs(seed=2)[1:], 4, 4)) / 2)
 
 
-def test_begin_run_clears_the_previous_run():
-    rec = AttentionRecorder({("input", 1, 0): 2}, keep_steps=True)
-    rec.observe(probs(), call())
-    rec.begin_run()
-    assert rec.empty and rec.steps == [] and rec.runs == 2
+def test_each_run_gets_a_fresh_recorder_and_an_immutable_record():
+    method = CaptureMaps(keep_steps=True)
+    info = RunInfo(sigmas=SCHEDULE)
+    first = method.begin(info, {("input", 1, 0): 2})
+    first.observers[0].observe(probs(), call())
+    second = method.begin(info, {("input", 1, 0): 2})
+    assert second.observers[0] is not first.observers[0]
+    assert second.observers[0].empty and second.observers[0].steps == []
+    record = first.end(RunStamp("5", "p", 1, "digest"))
+    torch.testing.assert_close(record.mean(2), to_maps(probs()[1:], 4, 4))
+    assert record.stamp.node_id == "5" and [s.step for s in record.steps] == [0]
+    first.observers[0].observe(probs(seed=9), call())                 # the run's recorder goes on …
+    torch.testing.assert_close(record.mean(2), to_maps(probs()[1:], 4, 4))   # … the record does not change
+    with pytest.raises(TypeError):
+        record.means[2] = torch.zeros(1)
 
 
 def test_step_of():

@@ -3,13 +3,29 @@ import math
 
 import pytest
 import torch
-
-from attention_align.guidance.attention_patch import (CrossAttentionReplace, attention_probs, attention_scores,
-                                                      layer_call, probs_times_v)
-from attention_align.guidance.modulation import (CrossAttentionModulation, ModulationSettings,
-                                                 SelfAttentionTemperature, mask_to_owner, modulation_bias, reweight)
+from attention_align.guidance.attention_patch import (
+    PASS_KEY,
+    CrossAttentionReplace,
+    attention_probs,
+    attention_scores,
+    layer_call,
+    probs_times_v,
+)
+from attention_align.guidance.modulation import (
+    CrossAttentionModulation,
+    ModulationSettings,
+    SelfAttentionTemperature,
+    mask_to_owner,
+    modulation_bias,
+    reweight,
+)
 
 SCHEDULE = torch.linspace(14.0, 0.0, 21)            # a 20-step run
+
+
+def with_editor(opts, editor):
+    """Layer-call options of a run whose session has ``editor`` (as the router reads them)."""
+    return {**opts, PASS_KEY: {**(opts.get(PASS_KEY) or {}), "editors": [editor]}}
 
 
 def call(step, b=2, n=16, cou=(1, 0)):
@@ -41,9 +57,9 @@ def test_neutral_settings_are_exact_identity():
     assert seen[0] is q and torch.equal(out, kernel(q, k, v, 2))
     editor = CrossAttentionModulation(settings, [[2, 3], [6, 7]], [3, 7], [2, 6])
     assert not any(editor.wants(call(s)[1]) for s in range(20))
-    rep = CrossAttentionReplace(kernel, editors=(editor,))
+    rep = CrossAttentionReplace(kernel)
     kv = torch.randn(2, 10, 8)
-    assert torch.equal(rep(q, kv, kv, opts), kernel(q, kv, kv, 2))
+    assert torch.equal(rep(q, kv, kv, with_editor(opts, editor)), kernel(q, kv, kv, 2))
 
 
 def test_low_temperature_lowers_every_rows_entropy_in_the_early_phase():
@@ -125,7 +141,7 @@ def test_the_replace_runs_the_host_kernel_with_the_bias_on_positive_rows_only():
         return probs_times_v((attention_scores(q_, k_, heads) + mask).softmax(-1), v_)
 
     opts, c = call(0)                                   # cond_or_uncond = [1, 0]: row 1 is positive
-    out = CrossAttentionReplace(masked_kernel, editors=(editor,))(q, kv, kv, opts)
+    out = CrossAttentionReplace(masked_kernel)(q, kv, kv, with_editor(opts, editor))
     bias = masks[0]
     assert bias.shape == (2, 2, 16, 10) and torch.all(bias[0] == 0)
     assert torch.isinf(bias[1]).any() and bias[1].isfinite().any()
@@ -152,7 +168,7 @@ def test_weight_zero_removes_the_columns_and_the_rest_renormalises():
     def masked_kernel(q_, k_, v_, heads, mask=None, **kw):
         return probs_times_v((attention_scores(q_, k_, heads) + mask).softmax(-1), v_)
 
-    out = CrossAttentionReplace(masked_kernel, editors=(editor,))(q, kv, kv, opts)
+    out = CrossAttentionReplace(masked_kernel)(q, kv, kv, with_editor(opts, editor))
     assert out.isfinite().all()
     probs = (attention_scores(q, kv, 2) + editor.bias(q, kv, 2, c)).softmax(-1)
     assert torch.all(probs[1, :, :, 3] == 0) and probs[1].isfinite().all()          # positive rows: noun gone

@@ -1,7 +1,6 @@
 """Paper schedules (50 steps) scaled to the run's step count."""
 import numpy as np
 import pytest
-
 from attention_align.guidance.schedule import make_plan, scale_step, step_size
 
 

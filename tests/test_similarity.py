@@ -2,7 +2,6 @@
 import math
 
 import torch
-
 from attention_align.guidance.similarity import cosine_matrix, tsam_similarity
 from attention_align.guidance.smoothing import smooth_maps
 

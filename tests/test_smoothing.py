@@ -1,7 +1,6 @@
 """The official 3×3 Gaussian smoothing (A&E / T-SAM): taps and reflect padding, on an asymmetric map."""
 import pytest
 import torch
-
 from attention_align.guidance.smoothing import official_taps, smooth_maps
 
 

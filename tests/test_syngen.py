@@ -4,7 +4,6 @@ import itertools
 import pytest
 import torch
 import torch.distributions as dist
-
 from attention_align.guidance.syngen import symmetric_kl, syngen_guidance, syngen_loss
 
 
@@ -107,7 +106,7 @@ def test_gradients_pass_gradcheck():
 
 
 def test_official_configuration_and_empty_groups():
-    plan = syngen_guidance([[(2,), (3,)]], 5).plan(50)
+    plan = syngen_guidance([[(2,), (3,)]], eos_index=5).plan(50)
     assert plan.guided == frozenset(range(25)) and set(plan.alphas.values()) == {20.0} and plan.refinement is None
     with pytest.raises(ValueError, match="groups: SynGen needs at least one group"):
-        syngen_guidance([], 5)
+        syngen_guidance([], eos_index=5)

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-
 from attention_align.guidance.text_attention import TextAttention, text_attention_from_scores, tsam_target
 
 
@@ -51,7 +50,7 @@ def test_target_matches_naive_slice_power_renormalise(eos, gamma):
     torch.manual_seed(eos)
     m = torch.rand(12, 12).tril()
     m = m / m.sum(-1, keepdim=True)
-    got = tsam_target(m, eos, gamma)
+    got = tsam_target(m, eos, gamma=gamma)
     assert got.shape == (eos - 1, eos - 1)
     torch.testing.assert_close(got.double(), naive_target(m, eos, gamma), rtol=1e-5, atol=1e-7)
 
@@ -71,4 +70,4 @@ def test_text_attention_record_averages_heads_and_layers():
     assert [w.label for w in ta.words] == ["a", "red", "cube"]
     manual = sum(probs[l, h] for l in range(3) for h in range(4)) / 12
     torch.testing.assert_close(ta.mean_attention(), manual)
-    torch.testing.assert_close(ta.target(), tsam_target(manual, 4, 2.0))
+    torch.testing.assert_close(ta.target(), tsam_target(manual, 4, gamma=2.0))

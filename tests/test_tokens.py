@@ -1,10 +1,15 @@
 """Word ↔ token-position mapping on decoded BPE pieces (no ComfyUI needed)."""
-import pytest
-
 import unicodedata
 
-from attention_align.guidance.tokens import (EMBEDDING_PIECE, decode_pieces, display_piece, find_eos, group_words,
-                                             resolve_words)
+import pytest
+from attention_align.guidance.tokens import (
+    EMBEDDING_PIECE,
+    decode_pieces,
+    display_piece,
+    find_eos,
+    group_words,
+    resolve_words,
+)
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 PIECES = [BOS, "a</w>", "check", "ered</w>", "bowl</w>", "and</w>", "a</w>", "dog</w>", ",</w>", "dog</w>", EOS, EOS]

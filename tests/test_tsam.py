@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-
 from attention_align.guidance.tsam import TSAMObjective, tsam_guidance, tsam_loss, tsam_threshold
 
 TAPS = [0.2119415576170854, 0.5761168847658291, 0.2119415576170854]
@@ -108,5 +107,5 @@ def test_released_configuration():
     r = plan.refinement
     assert r.steps == {0, 10, 20} and r.threshold_at(10) == pytest.approx(0.7) and r.max_iters == 30
     assert r.give_up_at == 20 and not r.stop_below
-    assert tsam_guidance(random_target(6, 0), 7, refine="until_threshold").plan(50).refinement.stop_below
-    assert tsam_guidance(random_target(6, 0), 7, refine="off").plan(50).refinement is None
+    assert tsam_guidance(random_target(6, 0), eos_index=7, refine="until_threshold").plan(50).refinement.stop_below
+    assert tsam_guidance(random_target(6, 0), eos_index=7, refine="off").plan(50).refinement is None

@@ -2,10 +2,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from attention_align.guidance.tokens import Word
-from attention_align.guidance.viz import (colorbar, colormap, combine_sizes, grid, heat_tiles, matrix_pixels, normalize_each,
-                                          word_maps)
+from attention_align.guidance.viz import (
+    colorbar,
+    colormap,
+    combine_sizes,
+    grid,
+    heat_tiles,
+    matrix_pixels,
+    normalize_each,
+    word_maps,
+)
 
 
 def test_colormap_range_shape_and_ends():
