@@ -109,7 +109,7 @@ def embedding_counts(clip, encoder: str, text: str) -> list[tuple[str, int]]:
         return []
     out = []
     for segment, _ in sd1_clip.token_weights(sd1_clip.escape_important(text), 1.0):
-        parts = re.split(" {0}|\n{0}".format(ident), sd1_clip.unescape_important(segment))
+        parts = re.split(f" {ident}|\n{ident}", sd1_clip.unescape_important(segment))
         for word in [parts[0]] + [ident + p for p in parts[1:]]:
             if not word.startswith(ident):
                 continue

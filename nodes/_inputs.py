@@ -49,3 +49,12 @@ def level() -> io.Input:
     return io.Int.Input("level", default=32, min=8, max=64, step=8,
                         tooltip="Maps to use, as an image divisor: 32 = 16×16 at 512 px for SD1.x (the papers'), "
                                 "32×32 at 1024 px for SDXL.")
+
+
+def fast() -> io.Input:
+    # optional: API-format prompts saved before this input existed stay valid (off = the methods as published)
+    return io.Boolean.Input("fast", default=False, optional=True,
+                            tooltip="Fast mode: take the loss and its gradient from the sampler's own evaluation at each "
+                                    "guided step instead of an extra model pass before it (one backward per step, no "
+                                    "extra forward; the sampler then continues with its estimate made before the "
+                                    "update). No refinement. Off: the methods as published.")

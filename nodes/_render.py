@@ -26,7 +26,7 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
 
 
-def fit_text(draw: ImageDraw.ImageDraw, text: str, max_width: int, size: int, min_size: int = 7):
+def fit_text(draw: ImageDraw.ImageDraw, text: str, max_width: int, size: int, *, min_size: int = 7):
     """``(font, text)`` that fits ``max_width`` px: the font shrinks down to ``min_size``, then the text is cut with
     an ellipsis (never drawn past the edge)."""
     for s in range(size, min_size - 1, -1):
@@ -57,7 +57,7 @@ def colorbar_height(h: int) -> int:
     return max(12, h // 20)
 
 
-def draw_colorbar(img: Image.Image, lo: float, hi: float, x0: int = 0, x1: int | None = None) -> None:
+def draw_colorbar(img: Image.Image, lo: float, hi: float, *, x0: int = 0, x1: int | None = None) -> None:
     """A turbo colour bar across the bottom rows of ``img`` (between ``x0`` and ``x1``), labelled with the values its
     ends stand for: the legend of a heat map normalised from ``lo`` (coldest) to ``hi`` (hottest)."""
     w, h = img.size
@@ -141,7 +141,7 @@ def matrix_tile(matrix: torch.Tensor, labels: list[str], size: tuple[int, int], 
             img.paste(col, (int((bx0 + bx1) / 2 - col.size[0] / 2), int(by1 - col.size[1])))
     grid_px = cell * n
     draw.rectangle((x0 - 1, y0 - 1, x0 + grid_px, y0 + grid_px), outline=(0, 0, 0))
-    draw_colorbar(img, 0.0, float(matrix.float().clamp_min(0).max()), x0, min(w, x0 + max(grid_px, w // 2)))
+    draw_colorbar(img, 0.0, float(matrix.float().clamp_min(0).max()), x0=x0, x1=min(w, x0 + max(grid_px, w // 2)))
     return _to_tensor(img)
 
 

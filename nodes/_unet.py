@@ -1,4 +1,4 @@
-"""Finding a UNet's cross-attention layers and attaching observers to them on a cloned ModelPatcher."""
+"""Finding a UNet's cross-attention layers, their levels and map sizes; the host's attention kernel."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,6 @@ import comfy.ldm.modules.attention as comfy_attention
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
-from ..guidance.attention_patch import CrossAttentionReplace, Editor, Observer
 from ..guidance.modulation import SelfAttentionTemperature
 
 #: pixels of the decoded image per latent pixel for the SD families (SD1.x, SD2.x, SDXL)
@@ -17,12 +16,7 @@ VAE_FACTOR = 8
 @dataclass(frozen=True)
 class CrossAttentionLayer:
     key: tuple[str, int, int]   # replace key: (block name, block number, depth index in its SpatialTransformer)
-    downsample: int             # latent pixels per map pixel (1, 2, 4, 8)
-
-    @property
-    def level(self) -> int:
-        """Image pixels per map pixel: 8 for maps at the latent's resolution, 32 for SD1.5's 16×16 at 512 px."""
-        return VAE_FACTOR * self.downsample
+    level: int                  # image pixels per map pixel: 8 at the latent's resolution, 32 for SD1.5's 16×16 at 512 px
 
 
 def unet_of(model_patcher, input_name: str = "model") -> UNetModel:
@@ -46,7 +40,7 @@ def cross_attention_layers(model_patcher, input_name: str = "model") -> list[Cro
         for number, block in enumerate(blocks):
             for module in block:
                 if isinstance(module, SpatialTransformer):
-                    layers.extend(CrossAttentionLayer((name, number, depth), ds)
+                    layers.extend(CrossAttentionLayer((name, number, depth), VAE_FACTOR * ds)
                                   for depth, tb in enumerate(module.transformer_blocks) if tb.attn2 is not None)
                 elif isinstance(module, Downsample):
                     ds *= 2
@@ -63,28 +57,29 @@ def cross_attention_layers(model_patcher, input_name: str = "model") -> list[Cro
     return layers
 
 
-def map_size_at(latent_hw: tuple[int, int], downsample: int) -> tuple[int, int]:
-    """``(h, w)`` of the maps ``downsample`` latent pixels per map pixel apart: each UNet Downsample is a stride-2
-    convolution with padding 1, which rounds odd sizes up (15×9 → 8×5 → 4×3)."""
+def map_size_at(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
+    """``(h, w)`` of the maps at ``level`` (image pixels per map pixel) for a latent of ``latent_hw``: each UNet
+    Downsample is a stride-2 convolution with padding 1, which rounds odd sizes up (15×9 → 8×5 → 4×3)."""
     h, w = latent_hw
+    downsample = level // VAE_FACTOR                     # latent pixels per map pixel
     while downsample > 1:
         h, w, downsample = -(-h // 2), -(-w // 2), downsample // 2
     return h, w
 
 
-def check_map_size(method, downsample: int, layers: list[CrossAttentionLayer], latent_hw: tuple[int, int]) -> None:
+def check_map_size(method, level: int, layers: list[CrossAttentionLayer], latent_hw: tuple[int, int]) -> None:
     """Refuse, before any step runs, a level whose maps are too small for ``method`` (its ``min_map_side``) at this
     latent size; the message names the levels that would work."""
-    layers_at(layers, VAE_FACTOR * downsample)             # a level the model does not have: that error first
+    layers_at(layers, level)                               # a level the model does not have: that error first
     need = getattr(method, "min_map_side", 1)
-    h, w = map_size_at(latent_hw, downsample)
+    h, w = map_size_at(latent_hw, level)
     if min(h, w) >= need:
         return
     image = f"{VAE_FACTOR * latent_hw[1]}×{VAE_FACTOR * latent_hw[0]} px"
-    ok = sorted({layer.level for layer in layers if min(map_size_at(latent_hw, layer.downsample)) >= need})
+    ok = sorted({layer.level for layer in layers if min(map_size_at(latent_hw, layer.level)) >= need})
     hint = f"levels that work at this size: {', '.join(map(str, ok))}" if ok else \
         "no cross-attention level of this model is large enough; use a larger image"
-    raise ValueError(f"level: at {image} {method.name} reads maps of {h}×{w} at image ÷{VAE_FACTOR * downsample}, "
+    raise ValueError(f"level: at {image} {method.name} reads maps of {h}×{w} at image ÷{level}, "
                      f"but needs at least {need}×{need}; {hint}")
 
 
@@ -97,57 +92,46 @@ def layers_at(layers: list[CrossAttentionLayer], level: int, input_name: str = "
     return chosen
 
 
+def layer_levels(layers: list[CrossAttentionLayer]) -> list[int]:
+    """The distinct levels of ``layers``, finest first."""
+    return sorted({layer.level for layer in layers})
+
+
+def level_map(layers: list[CrossAttentionLayer]) -> dict[tuple[str, int, int], int]:
+    """``{replace key: level}`` of ``layers`` (what a method's per-run state is given)."""
+    return {layer.key: layer.level for layer in layers}
+
+
 def host_attention(q, k, v, heads, **kwargs):
     """ComfyUI's optimized attention as the stock CrossAttention calls it, looked up at call time."""
     return comfy_attention.optimized_attention(q, k, v, heads, **kwargs)
 
 
-def attach_observer(model_clone, layers: list[CrossAttentionLayer], observer: Observer | None) -> None:
-    """Put ``observer`` on the attn2 replace of each layer of ``model_clone`` (a clone the caller owns); with
-    ``None``, only make sure the layers carry this pack's replace (per-pass observers then see them).
-
-    A layer that already carries this pack's replace gets a new replace with the observer added; a layer held by
-    another pack's replace (under the 3-part or the older 2-part key) is wrapped: that function still computes the
-    output and the observer sees probabilities computed from the same q and k.
-    """
-    to = model_clone.model_options.setdefault("transformer_options", {})
-    current = to.get("patches_replace", {}).get("attn2", {})
-    for layer in layers:
-        key = layer.key
-        existing = current.get(key, current.get(key[:2]))
-        observers = () if observer is None else (observer,)
-        if getattr(existing, "is_attention_align_replace", False):
-            if observer is None:
-                continue
-            replace = existing.with_observer(observer)
-        else:
-            replace = CrossAttentionReplace(host_attention, observers, inner=existing)
-        model_clone.set_model_attn2_replace(replace, key[0], key[1], key[2])
-
-
-def _existing(model_clone, kind: str, key: tuple[str, int, int]):
-    current = model_clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
-    return current.get(key, current.get(key[:2]))
-
-
-def attach_editor(model_clone, layers: list[CrossAttentionLayer], editor: Editor) -> None:
-    """Put ``editor`` on the attn2 replace of each layer; a layer held by another pack's replace cannot be edited."""
-    for layer in layers:
-        existing = _existing(model_clone, "attn2", layer.key)
-        if existing is not None and not getattr(existing, "is_attention_align_replace", False):
-            raise ValueError(f"model: cross-attention layer {layer.key} is already replaced by another node pack "
-                             f"(e.g. IPAdapter); {editor.name} cannot edit it. Apply it before that pack's node, or "
-                             "choose a level without such layers.")
-        replace = existing.with_editor(editor) if existing is not None else \
-            CrossAttentionReplace(host_attention, editors=(editor,))
-        model_clone.set_model_attn2_replace(replace, *layer.key)
-
-
 def attach_self_temperature(model_clone, layers: list[CrossAttentionLayer], settings) -> None:
-    """Self-attention (attn1) temperature on every transformer block; another pack's attn1 replace is wrapped."""
-    for layer in layers:
-        existing = _existing(model_clone, "attn1", layer.key)
+    """Self-attention (attn1) temperature on every transformer block of ``layers``, installed per block under the
+    2-part key (one replace serves every depth of a block; it reads the depth from the call). A 2-part replace of
+    another pack found there is wrapped. The 2-part key is chosen so that a pack that puts its own attn1 replace
+    under the 2-part key for one extra pass only (core's and sd-perturbed-attention's PAG) still replaces it in that
+    pass; a 3-part replace of another pack is wrapped at the start of each run (:func:`reclaim_self_temperature`)."""
+    to = model_clone.model_options.setdefault("transformer_options", {})
+    current = to.get("patches_replace", {}).get("attn1", {})
+    for block in sorted({layer.key[:2] for layer in layers}):
+        existing = current.get(block)
         if isinstance(existing, SelfAttentionTemperature):
             raise ValueError("model: it already carries Attention Modulation's self-attention temperature")
-        model_clone.set_model_attn1_replace(SelfAttentionTemperature(host_attention, settings, inner=existing),
-                                            *layer.key)
+        model_clone.set_model_attn1_replace(SelfAttentionTemperature(host_attention, settings, inner=existing), *block)
+
+
+def reclaim_self_temperature(model_options: dict, layers: list[CrossAttentionLayer], settings) -> None:
+    """At the start of a run (``model_options``: the run's own copy): a layer whose attn1 another pack replaced
+    under the 3-part key (which core calls instead of the block's 2-part one, e.g. core's SAG) gets, for this run,
+    the temperature wrapped around that replace, so both apply."""
+    replaces = model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {})
+    attn1 = dict(replaces.get("attn1", {}))
+    changed = False
+    for layer in layers:
+        full = attn1.get(layer.key)
+        if full is not None and not isinstance(full, SelfAttentionTemperature):
+            attn1[layer.key], changed = SelfAttentionTemperature(host_attention, settings, inner=full), True
+    if changed:
+        replaces["attn1"] = attn1

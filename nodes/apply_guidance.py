@@ -23,11 +23,13 @@ class ApplyGuidance(io.ComfyNode):
             outputs=[
                 io.Model.Output("guided_model", display_name="model", tooltip="Connect to a sampler node."),
                 GuidanceLogType.Output("guidance_log", display_name="guidance_log",
-                                       tooltip="Per-step loss of the most recent run; feed it to Visualize Attention."),
+                                       tooltip="Every sampling run of this model records its per-step loss here when "
+                                               "it ends; Visualize Attention reads the run whose LATENT you connect "
+                                               "to it."),
             ],
         )
 
     @classmethod
     def execute(cls, model, guidance) -> io.NodeOutput:
-        m, log = guided_model(model, guidance)
-        return io.NodeOutput(m, log)
+        m, board = guided_model(model, guidance)
+        return io.NodeOutput(m, board)

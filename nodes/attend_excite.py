@@ -1,12 +1,13 @@
 """Node: Attend-and-Excite guidance with subjects chosen by words."""
 from __future__ import annotations
 
+import dataclasses
+
 from comfy_api.latest import io
 
 from ..guidance.attend_excite import attend_excite_guidance
 from . import _inputs
 from ._select import subjects_for
-from ._unet import VAE_FACTOR
 from .types import CATEGORY, GuidanceType
 
 SOFTMAX = ["official", "normalize_eot"]
@@ -39,6 +40,7 @@ class AttendExciteGuidance(io.ComfyNode):
                              tooltip="Iterative refinement at steps 0/10/20 of 50 until the subjects reach "
                                      "0.05/0.5/0.8 attention (official: at most 20 iterations; 0 disables)."),
                 _inputs.level(),
+                _inputs.fast(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The subjects and their tokens.")],
@@ -46,12 +48,16 @@ class AttendExciteGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_attention, subjects: str, parser: str, softmax: str, strength: float, scale_factor: float,
-                guided_steps: int, max_refinement_steps: int, level: int) -> io.NodeOutput:
+                guided_steps: int, max_refinement_steps: int, level: int,
+                fast: bool = False) -> io.NodeOutput:
         if softmax not in SOFTMAX:
             raise ValueError(f"softmax: '{softmax}' is not one of {', '.join(SOFTMAX)}")
         ta = text_attention
         words, text = subjects_for(ta, subjects, parser)
-        guidance = attend_excite_guidance([w.positions for w in words], ta.eos_index, softmax == "normalize_eot",
-                                          strength, scale_factor, guided_steps, max_iters=max_refinement_steps,
-                                          downsample=level // VAE_FACTOR, context=ta.context)
+        guidance = attend_excite_guidance([w.positions for w in words], eos_index=ta.eos_index,
+                                          normalize_eot=softmax == "normalize_eot",
+                                          strength=strength, scale=scale_factor, guided_paper_steps=guided_steps,
+                                          max_iters=max_refinement_steps,
+                                          level=level, context=ta.context)
+        guidance = dataclasses.replace(guidance, fast=fast)
         return io.NodeOutput(guidance, text)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..guidance.attn_regulation import AttentionRegulation
+from ..guidance.attn_regulation import RegulationSettings
 from ..guidance.method import AttentionEditGuidance
 from . import _inputs
 from ._select import subjects_for
-from ._unet import VAE_FACTOR
 from .types import CATEGORY, GuidanceType
 
 
@@ -50,6 +49,8 @@ class AttentionRegulationGuidance(io.ComfyNode):
         ta = text_attention
         words, text = subjects_for(ta, targets, parser, "targets")
         positions = [p for w in words for p in w.positions]
-        editor = AttentionRegulation(positions, ta.eos_index, seed, edit_steps, iterations, learning_rate)
-        guidance = AttentionEditGuidance("Attention Regulation", editor, level // VAE_FACTOR, context=ta.context)
+        editor = RegulationSettings(targets=tuple(positions), eos_index=ta.eos_index, seed=seed,
+                                    edit_paper_steps=edit_steps, iterations=iterations, lr=learning_rate)
+        guidance = AttentionEditGuidance(name="Attention Regulation", cross_editor=editor, cross_level=level,
+                                         context=ta.context)
         return io.NodeOutput(guidance, text)

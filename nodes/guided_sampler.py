@@ -5,9 +5,10 @@ import comfy.samplers
 import nodes as comfy_nodes  # ComfyUI's nodes.py (common_ksampler), not this pack's package
 from comfy_api.latest import io
 
-from ..guidance.maps import AttentionRecorder
-from ._guided import check_sizes, guided_model
-from ._unet import VAE_FACTOR, attach_observer, cross_attention_layers, layers_at
+from ..guidance.engine import GuidanceRecord
+from ..guidance.maps import AttentionMaps
+from ._guided import captured_model, check_sizes, default_level, guided_model
+from ._unet import cross_attention_layers
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, GuidanceType
 
 
@@ -50,10 +51,13 @@ class GuidedKSampler(io.ComfyNode):
                 guidance) -> io.NodeOutput:
         every_layer = cross_attention_layers(model)
         check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
-        m, log = guided_model(model, guidance)
-        layers = layers_at(every_layer, VAE_FACTOR * guidance.capture_downsample)
-        recorder = AttentionRecorder({layer.key: layer.downsample for layer in layers})
-        attach_observer(m, layers, recorder)
+        guided, log_board = guided_model(model, guidance)
+        m, maps_board = captured_model(guided, default_level(guidance, model))
         (latent,) = comfy_nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise=denoise)
-        return io.NodeOutput(latent, recorder, log)
+        # this node ran the only sampling run of its private clone: its records are the outputs. With no step to
+        # run (denoise 0) ComfyUI returns the latent without sampling: the records say so.
+        maps = maps_board.records[-1] if maps_board.records else AttentionMaps(means={}, map_size={})
+        log = log_board.records[-1] if log_board.records else GuidanceRecord(
+            guidance.name, sampler_name, "", 0, (), ("no step was sampled (denoise 0)",))
+        return io.NodeOutput(latent, maps, log)

@@ -55,5 +55,6 @@ class AttentionModulationGuidance(io.ComfyNode):
         editor = CrossAttentionModulation(settings, [[p for w in g for p in w.positions] for g in groups],
                                           nouns=[p for g in groups for p in g[-1].positions],
                                           attributes=[p for g in groups for w in g[:-1] for p in w.positions])
-        guidance = AttentionEditGuidance("Attention Modulation", editor, None, settings, context=ta.context)
+        guidance = AttentionEditGuidance(name="Attention Modulation", cross_editor=editor, cross_level=None,
+                                         self_settings=settings, context=ta.context)
         return io.NodeOutput(guidance, text)

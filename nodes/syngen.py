@@ -1,12 +1,13 @@
 """Node: SynGen guidance with modifier–noun groups chosen by words."""
 from __future__ import annotations
 
+import dataclasses
+
 from comfy_api.latest import io
 
 from ..guidance.syngen import syngen_guidance
 from . import _inputs
 from ._select import groups_for
-from ._unet import VAE_FACTOR
 from .types import CATEGORY, GuidanceType
 
 
@@ -30,6 +31,7 @@ class SynGenGuidance(io.ComfyNode):
                 _inputs.scale_factor(20.0, "Constant step size (official: 20)."),
                 _inputs.guided_steps(25),
                 _inputs.level(),
+                _inputs.fast(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The groups and their tokens.")],
@@ -37,9 +39,12 @@ class SynGenGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_attention, groups: str, parser: str, strength: float, scale_factor: float,
-                guided_steps: int, level: int) -> io.NodeOutput:
+                guided_steps: int, level: int,
+                fast: bool = False) -> io.NodeOutput:
         ta = text_attention
         resolved, text = groups_for(ta, groups, parser)
-        guidance = syngen_guidance([[w.positions for w in g] for g in resolved], ta.eos_index, strength,
-                                   scale_factor, guided_steps, level // VAE_FACTOR, context=ta.context)
+        guidance = syngen_guidance([[w.positions for w in g] for g in resolved], eos_index=ta.eos_index,
+                                   strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, level=level,
+                                   context=ta.context)
+        guidance = dataclasses.replace(guidance, fast=fast)
         return io.NodeOutput(guidance, text)

@@ -1,12 +1,13 @@
 """Node: T-SAM guidance (text self-attention maps → cross-attention similarity)."""
 from __future__ import annotations
 
+import dataclasses
+
 from comfy_api.latest import io
 
 from ..guidance.text_attention import TextAttention
 from ..guidance.tsam import REFINE_MODES, VARIANTS, tsam_guidance
 from . import _inputs
-from ._unet import VAE_FACTOR
 from .types import CATEGORY, GuidanceType
 
 
@@ -37,16 +38,18 @@ class TSAMGuidance(io.ComfyNode):
                 io.Float.Input("threshold_per_token", default=0.14, min=0.0, max=10.0, step=0.01,
                                tooltip="Refinement threshold = this × (prompt tokens − 1) (official: 0.14)."),
                 _inputs.level(),
+                _inputs.fast(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance")],
         )
 
     @classmethod
     def execute(cls, text_attention: TextAttention, loss: str, strength: float, scale_factor: float,
-                guided_steps: int, refine: str, threshold_per_token: float, level: int) -> io.NodeOutput:
-        if level % VAE_FACTOR:
-            raise ValueError(f"level: {level} is not a multiple of {VAE_FACTOR} (the latent's pixel size)")
+                guided_steps: int, refine: str, threshold_per_token: float, level: int,
+                fast: bool = False) -> io.NodeOutput:
         ta = text_attention
-        guidance = tsam_guidance(ta.target(), ta.eos_index, ta.prompt, loss, strength, scale_factor, guided_steps,
-                                 refine, threshold_per_token, level // VAE_FACTOR, context=ta.context)
+        guidance = tsam_guidance(ta.target(), eos_index=ta.eos_index, prompt=ta.prompt, variant=loss,
+                                 strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, refine=refine,
+                                 threshold_per_token=threshold_per_token, level=level, context=ta.context)
+        guidance = dataclasses.replace(guidance, fast=fast)
         return io.NodeOutput(guidance)

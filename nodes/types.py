@@ -3,12 +3,14 @@ from comfy_api.latest import io
 
 #: guidance.text_attention.TextAttention
 TextAttentionType = io.Custom("TEXT_ATTENTION")
-#: guidance.maps.AttentionRecorder (filled while a sampler runs the captured model)
+#: guidance.maps.AttentionMaps (one run's maps; from the Guided KSampler), or guidance.session.RunBoard (from
+#: Capture Cross-Attention: every run of the captured model publishes its AttentionMaps there)
 AttentionMapsType = io.Custom("ATTENTION_MAPS")
 
 #: the node-library category: the pack's one name, as the node badge shows it (the install folder)
 CATEGORY = "attention-align"
 #: guidance.method.GradientGuidance (an objective with its schedule)
 GuidanceType = io.Custom("GUIDANCE")
-#: guidance.engine.GuidanceLog (filled while a sampler runs the guided model)
+#: guidance.engine.GuidanceRecord (one run; from the Guided KSampler), or guidance.session.RunBoard (from Apply
+#: Guidance: every run of the guided model publishes its GuidanceRecord there)
 GuidanceLogType = io.Custom("GUIDANCE_LOG")

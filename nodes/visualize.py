@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..guidance.engine import GuidanceLog
-from ..guidance.maps import AttentionRecorder
+from ..guidance.engine import GuidanceRecord
+from ..guidance.maps import AttentionMaps
+from ..guidance.session import resolve_record
 from ..guidance.similarity import tsam_similarity
 from ..guidance.text_attention import TextAttention
 from ..guidance.tokens import resolve_words
@@ -18,15 +19,14 @@ from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionTy
 DEFAULT_TILE = 512
 
 
-def _maps_at(recorder: AttentionRecorder, level: int) -> torch.Tensor:
+def _maps_at(maps: AttentionMaps, level: int) -> torch.Tensor:
     """``[B, T, h, w]`` at one image divisor, or (0) all recorded levels averaged at the finest size."""
-    by_level = {VAE_FACTOR * ds: ds for ds in recorder.levels()}
     if level == ALL_LEVELS:
-        return combine_sizes([recorder.mean(ds) for ds in recorder.levels()])
-    if level not in by_level:
+        return combine_sizes([maps.mean(v) for v in maps.levels()])
+    if level not in maps.levels():
         raise ValueError(f"level: {level} was not recorded; use 0 (every recorded level) or one of "
-                         f"{', '.join(str(k) for k in sorted(by_level))}")
-    return recorder.mean(by_level[level])
+                         f"{', '.join(str(k) for k in maps.levels())}")
+    return maps.mean(level)
 
 
 def _pieces(ta: TextAttention) -> list[str]:
@@ -45,13 +45,18 @@ class VisualizeAttention(io.ComfyNode):
                         "side by side. One grid image per batch item.",
             inputs=[
                 AttentionMapsType.Input("attention_maps", optional=True,
-                                        tooltip="From Capture Cross-Attention, read after its sampler ran (connect "
-                                                "the decoded image too, so this node runs after sampling)."),
+                                        tooltip="From a Guided KSampler, or from Capture Cross-Attention (then connect "
+                                                "the sampler's LATENT too: it says which run to draw and makes this "
+                                                "node run after it)."),
                 TextAttentionType.Input("text_attention", optional=True,
                                         tooltip="From Text Self-Attention: the prompt's tokens (labels) and T."),
                 io.Image.Input("image", optional=True, tooltip="Decoded image to draw the maps over."),
                 GuidanceLogType.Input("guidance_log", optional=True,
                                       tooltip="From a Guided KSampler or Apply Guidance: adds a loss-per-step plot."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="The LATENT of the sampler whose run to draw, for maps and logs from Capture "
+                                        "Cross-Attention or Apply Guidance (whose model a sampler runs later; one "
+                                        "model may feed several samplers). Not needed for a Guided KSampler's."),
                 io.String.Input("words", default="",
                                 tooltip="Words to show, comma-separated (e.g. 'car, bench', a second occurrence "
                                         "as 'dog#2'); empty = every word of the prompt."),
@@ -68,19 +73,23 @@ class VisualizeAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, words: str, level: int, columns: int, attention_maps=None, text_attention=None,
-                image=None, guidance_log=None) -> io.NodeOutput:
+                image=None, guidance_log=None, latent=None) -> io.NodeOutput:
         if attention_maps is None and text_attention is None and guidance_log is None:
             raise ValueError("attention_maps / text_attention / guidance_log: connect at least one of them")
+        samples = None if latent is None else latent["samples"]
+        if attention_maps is not None:
+            attention_maps = resolve_record(attention_maps, latent=samples, input_name="attention_maps")
+        if guidance_log is not None:
+            guidance_log = resolve_record(guidance_log, latent=samples, input_name="guidance_log")
         ta: TextAttention | None = text_attention
         tiles: list[list[torch.Tensor]] = []      # per batch item
         labels: list[str] = []
         size = (DEFAULT_TILE, DEFAULT_TILE)
         if attention_maps is not None:
-            rec: AttentionRecorder = attention_maps
+            rec: AttentionMaps = attention_maps
             if rec.empty:
-                raise ValueError("attention_maps: nothing was recorded yet. Run a sampler with the model from "
-                                 "Capture Cross-Attention, and connect its decoded image here so this node runs "
-                                 "after sampling.")
+                raise ValueError("attention_maps: that sampling run recorded nothing (no layer of the captured level "
+                                 "ran with a positive prompt)")
             if ta is None:
                 raise ValueError("text_attention: needed with attention_maps to know which token is which word; "
                                  "connect the Text Self-Attention node that encoded the positive prompt")
@@ -120,14 +129,14 @@ class VisualizeAttention(io.ComfyNode):
         return io.NodeOutput(canvases, "\n".join(labels))
 
 
-def _loss_plots(log: GuidanceLog, size: tuple[int, int]) -> list[torch.Tensor]:
-    """One loss-per-step plot per sample of the most recent guided run."""
+def _loss_plots(log: GuidanceRecord, size: tuple[int, int]) -> list[torch.Tensor]:
+    """One loss-per-step plot per sample of one guided run."""
     steps, curves = log.loss_curve()                                        # [n_steps, B]
-    if not steps and log.runs and log.path == "attention edit":
+    if not steps and log.path == "attention edit":
         raise ValueError(f"guidance_log: {log.method} optimises no loss, so there is nothing to plot; disconnect it")
     if not steps:
-        raise ValueError("guidance_log: no guided step was recorded yet; connect it from a Guided KSampler or "
-                         "Apply Guidance whose sampler runs before this node")
+        raise ValueError("guidance_log: that sampling run took no guided step (guided_steps rounds to 0 for its "
+                         "step count); there is no loss to plot")
     refined = {s.step for s in log.steps if s.iterations is not None}
     finals = torch.stack([s.loss_final.detach().float().cpu() for s in log.steps])   # [n_steps, B]
     title = f"{log.method} loss per step ({log.sampler})"

@@ -77,7 +77,7 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.python, self.proc, self.log_path = python, None, self.base_dir / "server.log"
 
-    def start(self, timeout: float = 180) -> "ComfyServer":
+    def start(self, timeout: float = 180) -> ComfyServer:
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [self.python, str(self.comfy_path / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -108,7 +108,7 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -139,7 +139,7 @@ class Frontend:
         self._pw = self._browser = self.page = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def open(self, timeout: float = 120) -> "Frontend":
+    def open(self, timeout: float = 120) -> Frontend:
         from playwright.sync_api import sync_playwright
 
         self._pw = sync_playwright().start()
@@ -168,7 +168,7 @@ class Frontend:
         if self._pw is not None:
             self._pw.stop()
 
-    def __enter__(self) -> "Frontend":
+    def __enter__(self) -> Frontend:
         return self.open()
 
     def __exit__(self, *exc) -> None:

@@ -64,7 +64,7 @@ class _Server:
 class ComfyHost:
     """ComfyUI booted in this process with only this pack in ``custom_nodes``."""
 
-    _instance: "ComfyHost | None" = None
+    _instance: ComfyHost | None = None
 
     def __init__(self, comfy_path: Path, base_dir: Path, pack_dir: Path = REPO_ROOT, cpu: bool = True):
         if ComfyHost._instance is not None:
@@ -84,12 +84,15 @@ class ComfyHost:
         args.cpu = cpu
         args.base_directory = str(self.base_dir)
         args.disable_auto_launch = True
-        import utils.install_util  # noqa: F401  ComfyUI's own utils package, before nodes.py shadows it with comfy/utils
+        # The order matters: ComfyUI's own utils package first (nodes.py shadows it with comfy/utils).
+        # isort: off
+        import utils.install_util  # noqa: F401
         import utils.extra_config  # noqa: F401
         import comfy.utils
         import execution
         import folder_paths  # noqa: F401
         import nodes
+        # isort: on
 
         comfy.utils.PROGRESS_BAR_ENABLED = False
         self.nodes, self.execution = nodes, execution
@@ -97,7 +100,7 @@ class ComfyHost:
         self.executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
 
     @classmethod
-    def instance(cls, comfy_path: Path, base_dir: Path) -> "ComfyHost":
+    def instance(cls, comfy_path: Path, base_dir: Path) -> ComfyHost:
         return cls._instance if cls._instance is not None else cls(comfy_path, base_dir)
 
     # -- the pack as ComfyUI loaded it ------------------------------------------------------------

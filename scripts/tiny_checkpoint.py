@@ -176,9 +176,9 @@ def build(out_path: str, layout: str = "tiny", fp16: bool = True, seed: int = 0)
 def build_controlnet(out_path: str, layout: str = "tiny", seed: int = 1) -> int:
     """Write a random-weight ControlNet (pth layout, ``control_model.`` keys) matching the tiny UNet; returns its
     parameter count. Its zero convolutions are random too, so it changes the UNet's output."""
-    import torch
-    import safetensors.torch
     import comfy.ops
+    import safetensors.torch
+    import torch
     from comfy.cldm.cldm import ControlNet
 
     gen_state = torch.random.get_rng_state()

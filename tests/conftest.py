@@ -90,3 +90,20 @@ def capture_graph(ckpt, prompt=PROMPT, capture=True, size=128, steps=4, sampler=
             "attention_maps": ["capture", 1], "text_attention": ["text", 0], "image": ["decode", 0],
             "words": words, "level": level, "columns": 4}}
     return g
+
+
+class LatestRecord:
+    """The newest record a RunBoard holds, read when an attribute is asked for (after the sampler ran): lets a test
+    write ``m, log = guided(...)``, sample, then read ``log.steps`` of that run."""
+
+    def __init__(self, board):
+        self.board = board
+
+    def __getattr__(self, name):
+        return getattr(self.board.records[-1], name)
+
+
+def guide(G, model, guidance, **kwargs):
+    """``nodes._guided.guided_model`` with the board wrapped in :class:`LatestRecord`."""
+    m, board = G.guided_model(model, guidance, **kwargs)
+    return m, LatestRecord(board)

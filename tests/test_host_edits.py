@@ -42,10 +42,11 @@ def modulation(temperature=0.8, mask_until=0.4, noun_weight=1.5, attribute_weigh
         "mask_until": mask_until, "noun_weight": noun_weight, "attribute_weight": attribute_weight, "switch": 0.5}}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_attention_regulation_edits_deterministically_with_any_sampler(host, tiny_ckpt, sampler):
     out = host.run(graph(tiny_ckpt, regulation(seed=3), sampler), fresh=True)
-    edited, plain, log = out["s"][0]["samples"], out["plain"][0]["samples"], out["a"][1]
+    edited, plain, log = out["s"][0]["samples"], out["plain"][0]["samples"], out["a"][1].records[-1]
     assert out["m"][1] == "targets: car[3], bench[7]"
     assert not torch.allclose(edited, plain)
     again = host.run(graph(tiny_ckpt, regulation(seed=3), sampler), fresh=True)["s"][0]["samples"]
@@ -58,6 +59,7 @@ def test_attention_regulation_edits_deterministically_with_any_sampler(host, tin
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_neutral_modulation_is_the_stock_model_and_real_settings_change_it(host, tiny_ckpt, sampler):
     neutral = host.run(graph(tiny_ckpt, modulation(1.0, 0.0, 1.0, 1.0), sampler))
@@ -73,8 +75,8 @@ def test_edits_are_options_of_the_guided_ksampler_too(host, tiny_ckpt):
     via_patch = host.run(graph(tiny_ckpt, regulation(seed=3), "euler", batch=2))["s"][0]["samples"]
     assert torch.equal(out["s"][0]["samples"], via_patch)
     maps = out["s"][1]
-    assert maps.levels() == [2]                           # captured at the regulated level (÷16 at 128 px)
-    assert maps.mean(2).shape == (2, 77, 8, 8)
+    assert maps.levels() == [16]                          # captured at the regulated level (÷16 at 128 px)
+    assert maps.mean(16).shape == (2, 77, 8, 8)
 
 
 def test_regulated_maps_put_more_mass_on_the_targets(host, tiny_ckpt):
@@ -84,7 +86,7 @@ def test_regulated_maps_put_more_mass_on_the_targets(host, tiny_ckpt):
         g["cap"] = {"class_type": "AttentionAlignCaptureCrossAttention",
                     "inputs": {"model": ["a", 0], "levels": 16, "record_steps": False}}
         g["s"]["inputs"]["model"] = ["cap", 0]
-        maps = host.run(g, fresh=True)["cap"][1].mean(2)                  # latent ÷2: the 8×8 maps at 128 px
+        maps = host.run(g, fresh=True)["cap"][1].records[-1].mean(16)     # image ÷16: the 8×8 maps at 128 px
         return maps[:, [3, 7]].mean().item()
 
     neutral = target_mass(modulation(1.0, 0.0, 1.0, 1.0))

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import guide
 
 PROMPT = "a black car and a white clock"
 
@@ -21,7 +22,7 @@ def env(host, tiny_ckpt):
     neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     return SimpleNamespace(host=host, model=model, clip=clip, vae=vae, ta=ta, pos=pos, neg=neg,
                            G=host.pack_module("nodes._guided"), T=host.pack_module("guidance.tsam"),
-                           S=host.pack_module("nodes._sampling"), M=host.pack_module("guidance.method"))
+                           S=host.pack_module("nodes._samplers"), M=host.pack_module("guidance.method"))
 
 
 def tsam(env, strength, guided=30, refine="off", variant="paper", *, runaway_bound=True):
@@ -29,8 +30,9 @@ def tsam(env, strength, guided=30, refine="off", variant="paper", *, runaway_bou
     result; that is beyond the runaway bound (an update larger than the latent), which they switch off."""
     import dataclasses
 
-    g = env.T.tsam_guidance(env.ta.target(), env.ta.eos_index, env.ta.prompt, variant, strength, 5.0, guided,
-                            refine, context=env.ta.context)
+    g = env.T.tsam_guidance(env.ta.target(), eos_index=env.ta.eos_index, prompt=env.ta.prompt, variant=variant,
+                            strength=strength, scale=5.0, guided_paper_steps=guided, refine=refine,
+                            context=env.ta.context)
     return g if runaway_bound else dataclasses.replace(g, max_update_ratio=float("inf"))
 
 
@@ -115,6 +117,7 @@ def test_every_comfyui_sampler_is_classified(env):
         assert path == ("in_place" if name in env.S.IN_PLACE or name == "ddim" else "chunked")
 
 
+@pytest.mark.heavy
 def test_update_persists_and_strength_zero_is_stock_for_every_sampler(env):
     """Guidance at step 0 only: the result equals the stock sampler restarted from the updated latent x'₀ (for the
     samplers with no exact option: the step-0-alone solver restarted from x'₀, as documented). Strength 0 gives
@@ -125,12 +128,12 @@ def test_update_persists_and_strength_zero_is_stock_for_every_sampler(env):
     failures = []
     for name in comfy.samplers.KSampler.SAMPLERS:
         stock = sample(env, base, name)
-        m0, _ = env.G.guided_model(base, tsam(env, 0.0))
+        m0, _ = guide(env.G, base, tsam(env, 0.0))
         zero = sample(env, m0, name)
         exact = name in env.S.IN_PLACE or name in env.S.CHUNKED_EXACT or name == "ddim"
         if exact and not torch.equal(zero, stock):
             failures.append(f"{name}: strength 0 differs from stock by {(zero - stock).abs().max():.3g}")
-        m1, log = env.G.guided_model(base, tsam(env, 3000.0, guided=10, runaway_bound=False), verify=True)  # step 0 of 3
+        m1, log = guide(env.G, base, tsam(env, 3000.0, guided=10, runaway_bound=False), verify=True)  # step 0 of 3
         guided = sample(env, m1, name)
         if [r.step for r in log.steps] != [0]:
             failures.append(f"{name}: guided steps {[r.step for r in log.steps]}, expected [0]")
@@ -148,7 +151,7 @@ def test_update_persists_and_strength_zero_is_stock_for_every_sampler(env):
 def test_updates_at_several_steps_persist(env, name):
     """Guided steps 0 and 1: the result equals the deterministic stock sampler restarted from x'₁ at step 1."""
     base = nonlinear(env.model)
-    m, log = env.G.guided_model(base, tsam(env, 3000.0, guided=30, runaway_bound=False), verify=True)  # steps 0, 1 of 3
+    m, log = guide(env.G, base, tsam(env, 3000.0, guided=30, runaway_bound=False), verify=True)  # steps 0, 1 of 3
     guided = sample(env, m, name)
     assert [r.step for r in log.steps] == [0, 1]
     assert not torch.equal(log.steps[1].x_before, log.steps[0].x_before)
@@ -158,7 +161,7 @@ def test_updates_at_several_steps_persist(env, name):
 
 @pytest.mark.parametrize("variant", ["paper", "cosine"])
 def test_loss_after_each_update_is_lower_at_the_same_sigma(env, variant):
-    m, log = env.G.guided_model(env.model, tsam(env, 10.0, variant=variant), verify=True)
+    m, log = guide(env.G, env.model, tsam(env, 10.0, variant=variant), verify=True)
     sample(env, m, "euler", size=128, steps=6, batch=2)
     assert len(log.steps) == 4                               # 30 of 50 → 4 of 6 steps (rounded)
     for rec in log.steps:
@@ -172,7 +175,7 @@ def test_refinement_lowers_the_loss_and_counts_iterations(env):
     old_hook = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
     try:
-        m, log = env.G.guided_model(env.model, tsam(env, 10.0, refine="official"), verify=True)
+        m, log = guide(env.G, env.model, tsam(env, 10.0, refine="official"), verify=True)
         sample(env, m, "euler", size=128, steps=5)
     finally:
         comfy.utils.set_progress_bar_global_hook(old_hook)
@@ -189,13 +192,14 @@ def test_refinement_lowers_the_loss_and_counts_iterations(env):
     assert (int(first.iterations[0]), 95) in calls and (1, 95) in calls
 
 
+@pytest.mark.heavy
 def test_a_batch_of_two_equals_two_batches_of_one(env):
     """Each sample gets its own gradient and none is lost. Stock sampling on this CPU is itself not bit-identical
     between batch sizes, so the comparison is against that baseline."""
     guidance = tsam(env, 10.0)
 
     def run(latent, guided):
-        m = env.G.guided_model(env.model, guidance)[0] if guided else env.model
+        m = guide(env.G, env.model, guidance)[0] if guided else env.model
         return sample(env, m, "dpmpp_2m", latent=latent, steps=6, seed=7)
 
     pair = {"samples": torch.zeros(2, 4, 16, 16)}
@@ -216,7 +220,7 @@ def test_users_model_latent_and_conditioning_are_untouched(env):
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     latent_before, cond_before = latent["samples"].clone(), pos[0][0].clone()
     grad_before = torch.is_grad_enabled()
-    m, _ = env.G.guided_model(model, tsam(env, 10.0, refine="official"))
+    m, _ = guide(env.G, model, tsam(env, 10.0, refine="official"))
     sample(env, m, "euler", latent=latent, steps=3)
     assert torch.is_grad_enabled() == grad_before
     assert model.model_options == options_before
@@ -231,7 +235,7 @@ def test_inpainting_mask_restricts_the_update(env):
     mask = torch.zeros(1, 1, 128, 128)
     mask[..., :, :64] = 1.0                                  # left half is repainted
     latent = {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), "noise_mask": mask}
-    m, log = env.G.guided_model(env.model, tsam(env, 10.0), verify=True)
+    m, log = guide(env.G, env.model, tsam(env, 10.0), verify=True)
     sample(env, m, "euler", latent=latent, steps=4)
     for rec in log.steps:
         change = (rec.x_after - rec.x_before).abs()
@@ -240,7 +244,7 @@ def test_inpainting_mask_restricts_the_update(env):
 
 
 def test_cfg_one_still_guides(env):
-    m, log = env.G.guided_model(env.model, tsam(env, 10.0), verify=True)
+    m, log = guide(env.G, env.model, tsam(env, 10.0), verify=True)
     sample(env, m, "euler", size=128, steps=4, cfg=1.0)
     assert log.steps and all(torch.all(r.loss_after < r.loss_before) for r in log.steps)
 
@@ -260,10 +264,10 @@ def test_controlnet_in_the_graph_is_made_safe(env, host):
     plain = sample(env, env.model, "euler", size=128, steps=3)
     with_control = sample(env, env.model, "euler", size=128, steps=3, positive=pos_c)
     assert not torch.equal(plain, with_control)              # the ControlNet does act
-    m, log = env.G.guided_model(env.model, tsam(env, 10.0), verify=True)
+    m, log = guide(env.G, env.model, tsam(env, 10.0), verify=True)
     sample(env, m, "euler", size=128, steps=3, positive=pos_c)
     assert log.steps and all(torch.all(r.loss_after < r.loss_before) for r in log.steps)
-    m, log_without = env.G.guided_model(env.model, tsam(env, 10.0))
+    m, log_without = guide(env.G, env.model, tsam(env, 10.0))
     sample(env, m, "euler", size=128, steps=3)
     assert log.steps[0].loss_before != log_without.steps[0].loss_before   # the residuals reach the gradient pass
 
@@ -292,13 +296,13 @@ def test_a_lora_reaches_the_gradient_pass_and_every_model_stays_as_it_was(env):
     lora_before = sample(env, lora_model, "euler", size=128, steps=3)
     assert not torch.equal(base_before, lora_before)                       # the LoRA does act
 
-    m, log_lora = env.G.guided_model(lora_model, tsam(env, 0.0))
+    m, log_lora = guide(env.G, lora_model, tsam(env, 0.0))
     assert torch.equal(sample(env, m, "euler", size=128, steps=3), lora_before)   # strength 0 = stock, with LoRA
-    m, log_base = env.G.guided_model(env.model, tsam(env, 0.0))
+    m, log_base = guide(env.G, env.model, tsam(env, 0.0))
     sample(env, m, "euler", size=128, steps=3)
     assert not torch.equal(log_lora.steps[0].loss_before, log_base.steps[0].loss_before)   # the pass saw the LoRA
 
-    m, log = env.G.guided_model(lora_model, tsam(env, 10.0), verify=True)
+    m, log = guide(env.G, lora_model, tsam(env, 10.0), verify=True)
     guided = sample(env, m, "euler", size=128, steps=3)
     assert not torch.equal(guided, lora_before)
     assert all(torch.all(r.loss_after < r.loss_before) for r in log.steps)
@@ -313,7 +317,7 @@ def test_interrupt_stops_guidance_and_restores_everything(env):
 
     sampler = comfy.samplers.sampler_object("euler")
     original = sampler.sampler_function
-    m, _ = env.G.guided_model(env.model, tsam(env, 10.0, refine="official"))
+    m, _ = guide(env.G, env.model, tsam(env, 10.0, refine="official"))
     options_before = copy.deepcopy(m.model_options)
     sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "normal", 4)
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -358,7 +362,7 @@ def test_other_samplers_than_ksampler_get_the_guidance_through_the_model_patch(e
     results = {}
     for name, extra in graphs.items():
         out = host.run({**common, **extra}, fresh=True)
-        log = out["a"][1]
+        log = out["a"][1].records[-1]                                  # Apply Guidance's board: this run's record
         assert [r.step for r in log.steps] == [0, 1], name           # 30 of 50 → 2.4 → steps 0, 1 of 4
         results[name] = out["s"][0]["samples"]
         assert not torch.allclose(results[name], plain["s"][0]["samples"]), name
@@ -371,7 +375,7 @@ def test_other_samplers_than_ksampler_get_the_guidance_through_the_model_patch(e
             "level": 32, "columns": 5}}})
     assert torch.equal(guided["s"][0]["samples"], results["KSampler"])
     maps, log = guided["s"][1], guided["s"][2]
-    assert maps.levels() == [4] and maps.mean(4).shape == (1, 77, 4, 4)
+    assert maps.levels() == [32] and maps.mean(32).shape == (1, 77, 4, 4)
     assert len(log.steps) == 2 and log.sampler == "euler" and log.path == "in_place"
     image, labels = guided["v"]
     assert labels.splitlines() == ["car", "clock", "T", "S", "loss"] and image.shape == (1, 128, 5 * 128 + 16, 3)
@@ -404,10 +408,11 @@ def test_mismatched_prompt_and_bad_levels_are_refused(env, host, tiny_ckpt):
         host.run(graph)
 
 
+@pytest.mark.heavy
 def test_truncated_gradient_pass_gives_the_same_loss_and_gradient(env, host):
     """The fast path stops the UNet after the last layer at the loss's level; nothing after it can change the loss,
     so losses and updated latents (which carry the gradient) are bit-identical, and the later layers never run."""
-    unet = host.pack_module("nodes._unet")
+    unet, session = host.pack_module("nodes._unet"), host.pack_module("nodes._session")
 
     class GradPassLayers:
         def __init__(self):
@@ -420,9 +425,11 @@ def test_truncated_gradient_pass_gives_the_same_loss_and_gradient(env, host):
 
     runs = {}
     for truncate in (True, False):
-        m, log = env.G.guided_model(env.model, tsam(env, 10.0, refine="official"), verify=True, truncate=truncate)
+        m, log = guide(env.G, env.model, tsam(env, 10.0, refine="official"), verify=True, truncate=truncate)
         seen = GradPassLayers()
-        unet.attach_observer(m, unet.cross_attention_layers(m), seen)
+        spy = SimpleNamespace(name="spy", begin=lambda info, layers, seen=seen: SimpleNamespace(
+            observers=(seen,), editors=(), end=lambda stamp: None))
+        session.attach(m, spy, unet.level_map(unet.cross_attention_layers(m)), kind="test")
         sample(env, m, "euler", size=128, steps=3, batch=2)
         runs[truncate] = (log, seen.keys)
     (fast, fast_keys), (full, full_keys) = runs[True], runs[False]

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 import safetensors.torch
 import torch
-
 from clip_reference import clip_reference_attention
-from conftest import capture_graph
+from conftest import capture_graph, guide
+
+pytestmark = pytest.mark.heavy  # builds full-size random CLIP-H and CLIP-G
 
 PROMPT = "a black car and a white clock"
 
@@ -82,22 +83,22 @@ def test_capture_and_guided_tsam_run_on_the_family(host, family):
     captured = host.run(capture_graph(family.name, PROMPT, capture=True, steps=3, sampler="euler"))
     plain = host.run(capture_graph(family.name, PROMPT, capture=False, steps=3, sampler="euler"))
     assert torch.equal(captured["sample"][0]["samples"], plain["sample"][0]["samples"])
-    rec = captured["capture"][1]
+    rec = captured["capture"][1].records[-1]
     grid, labels = captured["viz"]                                          # the visualisation reads them too
     assert labels.splitlines() == ["a", "black", "car", "and", "a#2", "white", "clock", "T", "S"]
     assert grid.shape[-1] == 3 and 0 <= grid.min() and grid.max() <= 1
-    # SD2's layout here has cross-attention at latent ÷1, ÷2, ÷4; SDXL none at ÷1 (its first level has none)
-    assert rec.levels() == ([1, 2, 4] if family.detected == "SD20" else [2, 4])
-    assert [rec.size(v) for v in rec.levels()] == [(16 // v, 16 // v) for v in rec.levels()]
+    # SD2's layout here has cross-attention at image ÷8, ÷16, ÷32; SDXL none at ÷8 (its first level has none)
+    assert rec.levels() == ([8, 16, 32] if family.detected == "SD20" else [16, 32])
+    assert [rec.size(v) for v in rec.levels()] == [(128 // v, 128 // v) for v in rec.levels()]
     for level in rec.levels():
         (h, w), maps = rec.size(level), rec.mean(level)
         assert maps.shape == (1, 77, h, w)
         torch.testing.assert_close(maps.sum(1), torch.ones(1, h, w), rtol=0, atol=1e-4)
 
     G, T = host.pack_module("nodes._guided"), host.pack_module("guidance.tsam")
-    guidance = T.tsam_guidance(ta.target(), ta.eos_index, ta.prompt, "paper", 10.0, 5.0, 30, "off",
-                               context=ta.context)
-    m, log = G.guided_model(family.model, guidance, verify=True)
+    guidance = T.tsam_guidance(ta.target(), eos_index=ta.eos_index, prompt=ta.prompt, variant="paper", strength=10.0,
+                               scale=5.0, guided_paper_steps=30, refine="off", context=ta.context)
+    m, log = guide(G, family.model, guidance, verify=True)
     guided = sample(m)
     assert len(log.steps) == 3                                              # 30 of 50 → 3 of 5
     for rec in log.steps:

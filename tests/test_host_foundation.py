@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import safetensors.torch
 import torch
-
 from clip_reference import clip_reference_attention
-from conftest import PROMPT, ROOT, capture_graph as graph
+from conftest import PROMPT, ROOT
+from conftest import capture_graph as graph
 
 
 def pack_node_ids(host) -> list[str]:
@@ -84,14 +84,14 @@ def test_capture_leaves_the_sampled_latent_identical(host, tiny_ckpt):
     plain = host.run(graph(tiny_ckpt, capture=False))["sample"][0]["samples"]
     captured = host.run(graph(tiny_ckpt, capture=True))
     assert torch.equal(captured["sample"][0]["samples"], plain)
-    assert not captured["capture"][1].empty
+    assert not captured["capture"][1].records[-1].empty
 
 
 def test_captured_maps_have_the_expected_shapes_and_sum_to_one(host, tiny_ckpt):
     out = host.run(graph(tiny_ckpt, batch=2, size=128, steps=3, sampler="euler", record_steps=True))
-    rec = out["capture"][1]
+    rec = out["capture"][1].records[-1]                           # the board's record of that run
     assert rec.latent_size == (16, 16)
-    assert rec.levels() == [1, 2, 4]                              # the tiny model's three levels
+    assert rec.levels() == [8, 16, 32]                            # the tiny model's three levels
     assert [rec.size(v) for v in rec.levels()] == [(16, 16), (8, 8), (4, 4)]      # at 128 px
     assert len(rec.layers_seen) == 10
     for level in rec.levels():
@@ -101,13 +101,13 @@ def test_captured_maps_have_the_expected_shapes_and_sum_to_one(host, tiny_ckpt):
         assert not torch.allclose(maps[0], maps[1], atol=1e-3)   # each sample has its own maps
     assert [(s.step, s.exact) for s in rec.steps] == [(0, True), (1, True), (2, True)]
     # the per-step maps average to the overall mean (every step saw the same layers)
-    mean_of_steps = torch.stack([s.mean(4) for s in rec.steps]).mean(0)
-    torch.testing.assert_close(mean_of_steps, rec.mean(4))
+    mean_of_steps = torch.stack([s.mean(32) for s in rec.steps]).mean(0)
+    torch.testing.assert_close(mean_of_steps, rec.mean(32))
 
 
 def test_levels_select_resolutions_and_unknown_levels_are_refused(host, tiny_ckpt):
-    rec = host.run(graph(tiny_ckpt, levels=32, steps=2))["capture"][1]
-    assert rec.levels() == [4] and rec.size(4) == (4, 4) and len(rec.layers_seen) == 4
+    rec = host.run(graph(tiny_ckpt, levels=32, steps=2))["capture"][1].records[-1]
+    assert rec.levels() == [32] and rec.size(32) == (4, 4) and len(rec.layers_seen) == 4
     with pytest.raises(Exception, match=r"levels: 64 is not a cross-attention level of this model; use 0 \(all "
                                         r"levels\) or one of 8, 16, 32"):
         host.run(graph(tiny_ckpt, levels=64, steps=2))
@@ -147,12 +147,12 @@ def test_bad_input_is_refused_with_a_clear_message(host, tiny_ckpt, kwargs, mess
 
 def test_visualising_before_sampling_is_refused(host, loaded):
     model = loaded[0]
-    _, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(model, 0, False).args
+    _, board = host.node_class("AttentionAlignCaptureCrossAttention").execute(model, 0, False).args
     ta = host.run({"c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
                    "t": {"class_type": "AttentionAlignTextSelfAttention",
                          "inputs": {"clip": ["c", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}}})["t"][0]
-    with pytest.raises(ValueError, match="attention_maps: nothing was recorded yet"):
-        host.node_class("AttentionAlignVisualize").execute("", 0, 4, attention_maps=recorder, text_attention=ta)
+    with pytest.raises(ValueError, match="attention_maps: no sampling run of this model has finished yet"):
+        host.node_class("AttentionAlignVisualize").execute("", 0, 4, attention_maps=board, text_attention=ta)
     filled = host.run(graph("tiny_sd15.safetensors", steps=2))["capture"][1]
     with pytest.raises(ValueError, match="text_attention: needed with attention_maps"):
         host.node_class("AttentionAlignVisualize").execute("", 0, 4, attention_maps=filled)
@@ -194,11 +194,11 @@ def test_capture_wraps_another_packs_replace_instead_of_dropping_it(host, loaded
         return comfy_nodes.common_ksampler(m, 5, 2, 7.0, "euler", "normal", pos, neg, latent)[0]["samples"]
 
     stock, with_foreign = sample(model), sample(other)
-    captured_model, recorder = host.node_class("AttentionAlignCaptureCrossAttention").execute(other, 0, False).args
+    captured_model, board = host.node_class("AttentionAlignCaptureCrossAttention").execute(other, 0, False).args
     with_both = sample(captured_model)
     assert not torch.equal(stock, with_foreign)
     assert torch.equal(with_both, with_foreign)                   # the foreign replace still ran
-    assert ("input", 5, 0) in recorder.layers_seen and calls.count(("input", 5)) >= 4
+    assert ("input", 5, 0) in board.records[-1].layers_seen and calls.count(("input", 5)) >= 4
     assert "patches_replace" not in other.model_options["transformer_options"] or \
         not getattr(other.model_options["transformer_options"]["patches_replace"]["attn2"].get(("input", 5, 0)),
                     "is_attention_align_replace", False)          # the user's model was not touched

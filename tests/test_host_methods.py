@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import safetensors.torch
 import torch
+from conftest import guide
 
 
 def text_attention(host, ckpt, text):
@@ -71,7 +72,7 @@ def run_method(host, tiny_ckpt, env, prompt, node, inputs, steps=5, size=128, ba
 
     ta, _, pos = text_attention(host, tiny_ckpt, prompt)
     guidance, tokens = host.node_class(node).execute(ta, **inputs).args
-    m, log = env.G.guided_model(env.model, guidance, verify=True)
+    m, log = guide(env.G, env.model, guidance, verify=True)
     comfy_nodes.common_ksampler(m, 11, steps, 7.5, "euler", "normal", pos, env.neg,
                                 {"samples": torch.zeros(batch, 4, size // 8, size // 8)})
     return guidance, tokens, log

@@ -1,0 +1,156 @@
+"""Gradient guidance inside ComfyUI's samplers: the per-run driver and the SAMPLER_SAMPLE wrapper.
+
+The wrapper (set on a model clone, so it works for KSampler, KSamplerAdvanced, SamplerCustom and
+SamplerCustomAdvanced) finds this run's :class:`~..guidance.method.GradientRun` in the session, swaps the
+KSAMPLER's ``sampler_function`` for an in-place or chunked version (``guidance/sampler_control.py``) whose step is
+:meth:`GuidedRun.step`, and restores it in ``finally``. Which samplers take which path: ``_samplers.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+
+import comfy.k_diffusion.sampling as kd
+import comfy.model_management
+import comfy.samplers
+import torch
+
+from ..guidance.attention_patch import PASS_KEY
+from ..guidance.engine import guided_step
+from ..guidance.method import GradientRun
+from ..guidance.sampler_control import chunked_function, in_place_function
+from ._fast import FastCapture
+from ._gradient_pass import GradientPass, _unet_view
+from ._progress import RunProgress
+from ._samplers import CHUNKED_MODIFIED, choose_path, sampler_name
+from ._weights import deinference_
+
+
+class GuidedRun:
+    """The host side of one guided sampling run: the plan, the progress bar, runaway bookkeeping, and the step
+    both sampler paths call. Its log is the session's :class:`~..guidance.method.GradientRun`'s."""
+
+    def __init__(self, run: GradientRun, total_steps: int, *, verify: bool = False, truncate: bool = True):
+        self.run, self.guidance, self.log = run, run.guidance, run.log
+        self.verify, self.truncate = verify, truncate
+        self.plan = self.guidance.plan(total_steps)
+        if self.guidance.fast and self.plan.refinement is not None:
+            self.plan = dataclasses.replace(self.plan, refinement=None)
+            self.log.notes.append("fast mode: no refinement (each iteration would need a model evaluation at the same "
+                                  "σ, which the sampler does not make)")
+        self.progress = RunProgress(self.plan, self.guidance.name)
+        self.weights_ready = False
+        self._step = 0
+        self.halted: torch.Tensor | None = None    # [B] samples no longer guided (a runaway update was undone)
+        self.pending: FastCapture | None = None    # fast mode: the evaluation being captured
+
+    def _progress(self, k: int, total: int) -> None:
+        self.progress.refinement(self._step, k)
+
+    def step(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor, extra_args: dict) -> torch.Tensor:
+        """The guided step i on x (k-diffusion space); returns the new latent."""
+        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma   # σ per sample, [B]
+        if not self.weights_ready:                 # once per run: the weights do not change during sampling
+            deinference_(model_k.inner_model.inner_model.diffusion_model)
+            self.weights_ready = True
+        gp = GradientPass(model_k, sigma, extra_args, self.guidance, read_layers=self.run.read_layers,
+                          truncate=self.truncate)
+        self._step = i
+        x_new, rec = guided_step(x, i, float(sigma.reshape(-1)[0]), self.plan, gp,
+                                 verify_fn=gp.loss_only if self.verify else None,
+                                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                                 progress=self._progress, frozen=self.halted,
+                                 max_update_ratio=self.guidance.max_update_ratio)
+        self.log.steps.append(rec)
+        self._report_runaways(rec)
+        if rec.iterations is not None:
+            self.progress.refined(i, int(rec.iterations.max()))
+        return x_new
+
+    def fast_step(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor, extra_args: dict):
+        """Fast mode's guided step i: the sampler's own evaluation at x gives the loss, the gradient and the denoised
+        estimate; returns (the updated latent, that estimate). See ``_fast.py``."""
+        sigma_b = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        if not self.weights_ready:
+            deinference_(model_k.inner_model.inner_model.diffusion_model)
+            self.weights_ready = True
+        measure_only = self.plan.alphas[i] == 0 or (self.halted is not None and bool(self.halted.all()))
+        capture = FastCapture(self.guidance.objective, self.run.read_layers, with_grad=not measure_only)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.pending, self._step = capture, i
+        try:
+            denoised = model_k(x, sigma, **extra_args)
+        finally:
+            self.pending = None
+        if capture.loss is None:
+            raise RuntimeError(f"Attention Align (fast mode): the sampler's evaluation at step {i} did not reach the "
+                               "guidance; another node's wrapper may have replaced ComfyUI's batch evaluation. "
+                               "Turn fast mode off.")
+        delta = capture.delta
+        _, mask = _unet_view(model_k, x, sigma_b, extra_args.get("denoise_mask"), extra_args.get("model_options", {}))
+        if mask is not None:
+            delta = delta * mask
+        x_new, rec = guided_step(x, i, float(sigma_b[0]), self.plan, lambda _x: (capture.loss, delta),
+                                 frozen=self.halted, max_update_ratio=self.guidance.max_update_ratio)
+        self.log.steps.append(rec)
+        self._report_runaways(rec)
+        return x_new, denoised
+
+    def _report_runaways(self, rec) -> None:
+        new = rec.halted if self.halted is None else rec.halted & ~self.halted
+        self.halted = rec.halted if self.halted is None else self.halted | rec.halted
+        for b in new.nonzero().flatten().tolist():
+            ratio = float(rec.update_ratio[b])
+            what = "was not finite" if not math.isfinite(ratio) or not all(
+                math.isfinite(float(loss[b])) for loss in rec.losses) else \
+                f"changed the latent by {ratio:.3g}× its own RMS (at most {self.guidance.max_update_ratio:g}× is allowed)"
+            note = (f"sample {b}: the update at step {rec.step} {what}; that step was undone and this sample is not "
+                    f"guided for the rest of the run (lower strength or scale_factor)")
+            self.log.notes.append(note)
+            logging.warning("Attention Align (%s): %s", self.guidance.name, note)
+
+
+def _shared_noise(x, sigmas, seed):
+    """One noise stream for all chunks, built as a stock (non-SDE) sampler builds it for the whole run. (Every SDE
+    sampler that takes a noise sampler is on the in-place path, so a Brownian tree is never needed here.)"""
+    return kd.default_noise_sampler(x, seed=seed)
+
+
+def sampler_wrapper(attachment, *, verify: bool = False, truncate: bool = True):
+    """The SAMPLER_SAMPLE wrapper of a gradient guidance ``attachment``: guides every sampling run of the model.
+    ``truncate``: gradient passes stop after the last layer the loss reads (same loss and gradient, less work)."""
+    def wrapper(executor, guider, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                disable_pbar=False):
+        sampler = executor.class_obj
+        if not isinstance(sampler, comfy.samplers.KSAMPLER):
+            raise ValueError(f"sampler: Attention Align guidance needs a k-diffusion sampler (KSAMPLER); "
+                             f"got {type(sampler).__name__}")
+        session = extra_args["model_options"]["transformer_options"][PASS_KEY]["session"]
+        run: GradientRun = session.run_for(attachment)
+        path, label = choose_path(sampler)
+        driver = GuidedRun(run, len(sigmas) - 1, verify=verify, truncate=truncate)
+        run.driver = driver
+        run.log.sampler, run.log.path = label, path
+        if path == "chunked" and label in CHUNKED_MODIFIED:
+            run.log.notes.append(f"{label}: no exact in-place update exists; the {len(driver.plan.guided)} guided "
+                                 "steps run one step at a time (a restarted, lower-order solver there)")
+        original = sampler.sampler_function
+        fast = run.guidance.fast
+        step = driver.fast_step if fast else driver.step
+        if path == "in_place":
+            sampler.sampler_function = in_place_function(original, step, driver.plan.guided, label=label, fast=fast)
+        else:
+            name = sampler_name(original)
+            takes_noise = "noise_sampler" in inspect.signature(original).parameters
+            sampler.sampler_function = chunked_function(
+                original, step, max(driver.plan.guided, default=-1) + 1,
+                noise_sampler=_shared_noise if takes_noise else None,
+                skip_final_zero=name in ("dpm_fast", "dpm_adaptive"), reseed=name is None, fast=fast)
+        try:
+            return executor(guider, sigmas, extra_args, driver.progress.wrap_callback(callback), noise, latent_image,
+                            denoise_mask, disable_pbar)
+        finally:
+            sampler.sampler_function = original
+    return wrapper
