@@ -14,8 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toy import judge  # noqa: E402
 from toy.judge import Detection, connected_components, detect, score  # noqa: E402
-from toy.scenes import (BACKGROUND, Mention, Obj, Prompt, Scene, SceneConfig, coverage, random_scene,  # noqa: E402
-                        render_array)
+from toy.scenes import BACKGROUND, Mention, Obj, Prompt, Scene, SceneConfig, coverage, random_scene, render_array  # noqa: E402
 
 N_SCENES = 334          # three objects each: ≥ 1000 objects per condition
 
@@ -73,6 +72,7 @@ def _accuracy(config, degrade, *, seed):
     return right / total, total, wrong_count, float(np.percentile(errors, 99))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", list(CONDITIONS))
 def test_judge_reads_rendered_scenes(name):
     config, degrade = CONDITIONS[name]
@@ -231,3 +231,24 @@ def test_other_image_sizes():
 def test_prototypes_cover_every_shape():
     feats, idx, scale = judge._prototypes()
     assert set(idx.tolist()) == set(range(6)) and feats.shape[0] == idx.shape[0] and (scale > 0).all()
+
+
+def test_edge_strips_are_not_objects_but_an_object_over_the_border_is():
+    """A decoder can leave a thin coloured strip along the image border: not an object. An object drawn partly
+    over the border (a generated image may have one) is still seen."""
+    img = np.full((64, 64, 3), BACKGROUND, dtype=np.uint8)
+    img[0:2, 10:50] = (0, 200, 60)                                  # a 2-px green strip along the top edge
+    img[20:60, 63] = (30, 70, 240)                                  # a 1-px blue strip along the right edge
+    assert detect(img) == []
+    scene = Scene(objects=(Obj(shape="circle", colour="red", centre=(3.0, 32.0), size=9.0),))
+    dets = detect(render_array(scene))
+    assert [(d.shape, d.colour) for d in dets] == [("circle", "red")] or [d.colour for d in dets] == ["red"]
+
+
+def test_the_background_is_read_inside_the_border_band():
+    """The border band is ignored: a generated image's dark frame does not shift the background estimate."""
+    from toy.judge import estimate_background
+
+    img = np.full((128, 128, 3), (70, 66, 62), dtype=np.uint8)
+    img[:3] = img[-3:] = img[:, :3] = img[:, -3:] = (20, 90, 40)   # a frame of another colour
+    assert estimate_background(img).tolist() == [70.0, 66.0, 62.0]

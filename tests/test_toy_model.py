@@ -10,8 +10,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TINY_RUN = dict(vae_steps=2, vae_batch=2, vae_crop=32, pool=8, steps=3, batch=4, threads=1, progress=False,
-                log_every=1)
+TINY_RUN = dict(vae_steps=2, vae_batch=2, vae_crop=32, vae_full_steps=1, vae_full_batch=1, pool=8, steps=3, batch=4,
+                threads=1, progress=False, log_every=1)
 NODE = "AttentionAlignLoadToyModel"
 
 
@@ -42,12 +42,12 @@ def loaded(loader, toy_file):
 
 
 def test_loader_builds_comfyui_classes_with_the_files_weights(host, loaded, toy_file):
-    import safetensors.torch
     import comfy.model_base
     import comfy.model_patcher
     import comfy.model_sampling
     import comfy.sd
     import comfy.sd1_clip
+    import safetensors.torch
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -95,7 +95,7 @@ def test_unet_has_cross_attention_at_two_levels_with_8x8_maps_at_level_16(host, 
     for layer in layers:
         by_level[layer.level] = by_level.get(layer.level, 0) + 1
     assert by_level == {8: 3, 16: 4}
-    assert unet.map_size_at((16, 16), 2) == (8, 8)
+    assert unet.map_size_at((16, 16), 16) == (8, 8)
 
 
 def test_stock_ksampler_and_capture_run_on_it_in_a_graph(host, toy_file, loader, monkeypatch):
@@ -118,9 +118,9 @@ def test_stock_ksampler_and_capture_run_on_it_in_a_graph(host, toy_file, loader,
     assert latent.shape == (1, 4, 16, 16) and torch.isfinite(latent).all()
     image = out["decode"][0]
     assert image.shape == (1, 128, 128, 3) and float(image.std()) > 0
-    rec = out["capture"][1]
-    assert rec.levels() == [2] and rec.size(2) == (8, 8)       # latent ÷2 = image ÷16
-    assert rec.mean(2).shape == (1, 77, 8, 8)
+    rec = out["capture"][1].records[-1]
+    assert rec.levels() == [16] and rec.size(16) == (8, 8)     # image ÷16
+    assert rec.mean(16).shape == (1, 77, 8, 8)
 
 
 def test_loader_refuses_a_file_that_is_not_a_toy_model(host, loader, tmp_path):
@@ -154,6 +154,7 @@ def test_loader_refuses_a_toy_file_whose_tensors_do_not_match_its_config(host, l
         loader.execute("toy_bad_config.safetensors")
 
 
+@pytest.mark.heavy
 def test_training_is_deterministic_under_a_seed_and_depends_on_it(host, tmp_path):
     import safetensors.torch
 
@@ -166,3 +167,33 @@ def test_training_is_deterministic_under_a_seed_and_depends_on_it(host, tmp_path
     log = (tmp_path / "a.safetensors.log.jsonl").read_text().splitlines()
     assert sum('"phase": "diffusion"' in line for line in log) == TINY_RUN["steps"]
     assert '"phase": "done"' in log[-1]
+
+
+def test_shipped_file_records_the_command_the_defaults_give(monkeypatch):
+    """README promises `python -m toy.train` reproduces the committed file: the command it would record (and so
+    every weight-affecting default) must equal the one stored in the file, and the file's SHA-256 the logged one."""
+    import hashlib
+    import inspect
+    import json
+
+    from safetensors import safe_open
+
+    import toy.train as tt
+
+    shipped = Path(__file__).resolve().parents[1] / "toy" / "weights" / "toy_shapes.safetensors"
+    seen = {}
+
+    def record(out, **kwargs):
+        seen.update(kwargs)
+        return {}
+
+    record.__signature__ = inspect.signature(tt.train)
+    monkeypatch.setattr(tt, "train", record)
+    tt.main([])
+    with safe_open(str(shipped), "pt") as f:
+        meta = json.loads(f.metadata()["attention-align-toy"])
+    assert seen["command"] == meta["command"]
+    log = (shipped.parent / "toy_shapes.train_log.jsonl").read_text().splitlines()
+    done = json.loads(log[-1])
+    assert done["phase"] == "done"
+    assert done["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()

@@ -13,9 +13,24 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toy import scenes  # noqa: E402
-from toy.scenes import (BACKGROUND, COLOURS, DEFAULT_SPLIT, PALETTE, SHAPES, Mention, Obj, Scene,  # noqa: E402
-                        SceneConfig, caption_for, coverage, evaluation_prompts, parse_caption, render_array,
-                        training_sample, training_samples)
+from toy.scenes import (  # noqa: E402
+    BACKGROUND,
+    COLOURS,
+    DEFAULT_SPLIT,
+    PALETTE,
+    SHAPES,
+    Mention,
+    Obj,
+    Scene,
+    SceneConfig,
+    caption_for,
+    coverage,
+    evaluation_prompts,
+    parse_caption,
+    render_array,
+    training_sample,
+    training_samples,
+)
 
 VOCAB_DIR = Path.home() / "ComfyUI" / "comfy" / "sd1_tokenizer"
 # The split written out by hand, independent of the Split defaults.

@@ -4,7 +4,8 @@
     1. Input check: a PIL image of mode RGB, or a uint8 array ``[H, W, 3]``, of exactly ``image_size`` ×
        ``image_size`` pixels (default 64); anything else is a ValueError naming the argument, the bad value and
        what is allowed.
-    2. Background: the median colour of the outer two-pixel frame (objects sit inside it), unless given.
+    2. Background: the median colour of the image inside a border band of 1/16 of the side, unless given (objects
+       cover a small share of a scene, and a generated image's outermost pixels may carry decoder artifacts).
     3. Colour unmixing per pixel: every palette colour c defines a line ``bg + α (c − bg)``; for each colour the
        pixel's α (projection) and its angle to that line are computed. A pixel is foreground of colour c when c has
        the smallest angle among colours with α ≥ ``MIN_ALPHA`` (0.5), and that angle is ≤ ``MAX_ANGLE`` (15°).
@@ -13,6 +14,8 @@
     4. Connected components (8-neighbour) of each colour, by min-label propagation in numpy. Components under
        ``min_area`` pixels (12 at 64 px, scaled with the area) are dropped; a fragment touching a component at
        least ``FRAGMENT_RATIO`` (4) times its size is absorbed into it (a colour shift that splits an object).
+       A component that reaches the outermost pixel ring and is at most ``EDGE_STRIP`` (3) pixels thick is not an
+       object (a decoder's edge artifact; scenes keep every object off the border).
     5. Shape, from the component's soft coverage (that colour's α, clipped to [0, 1]; other components masked):
        ``RAYS`` rays from the α-weighted centroid find the first crossing of α = 0.5 with sub-pixel (linear)
        interpolation, giving the radial profile r(θ). Features: the magnitudes of its Fourier harmonics 1–6
@@ -39,9 +42,9 @@ is in the tests).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -55,6 +58,7 @@ FRAGMENT_RATIO = 4.0
 RAYS = 72
 HARMONICS = 6
 FRAME = 2
+EDGE_STRIP = 3
 CROP_PAD = 3
 
 
@@ -117,10 +121,9 @@ def as_array(image: object, *, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarr
 
 # --------------------------------------------------------------------------------------------------- segmenting
 def estimate_background(img: np.ndarray) -> np.ndarray:
-    """Median colour (float [3]) of the outer ``FRAME``-pixel frame of ``img`` [H, W, 3]."""
-    frame = np.concatenate([img[:FRAME].reshape(-1, 3), img[-FRAME:].reshape(-1, 3),
-                            img[:, :FRAME].reshape(-1, 3), img[:, -FRAME:].reshape(-1, 3)])
-    return np.median(frame.astype(np.float64), axis=0)
+    """Median colour (float [3]) of ``img`` [H, W, 3] inside a border band of max(FRAME, side // 16) pixels."""
+    band = max(FRAME, min(img.shape[:2]) // 16)
+    return np.median(img[band:-band, band:-band].reshape(-1, 3).astype(np.float64), axis=0)
 
 
 def unmix(img: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,11 +290,24 @@ def classify(features: np.ndarray) -> tuple[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------- detection
+def _drop_edge_strips(comp: np.ndarray) -> np.ndarray:
+    """``comp`` without components that reach the outermost pixel ring and are strips along it (at most
+    ``EDGE_STRIP`` pixels thick): a decoder's edge artifacts, never an object (scenes keep objects off the border).
+    An object drawn partly over the border stays an object."""
+    ring = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
+    for c in ring[ring >= 0]:
+        rows, cols = np.nonzero(comp == c)
+        if min(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= EDGE_STRIP:
+            comp = np.where(comp == c, -1, comp)
+    return comp
+
+
 def _segments(img: np.ndarray, *, background: Sequence[float] | None, image_size: int):
     bg = estimate_background(img) if background is None else np.asarray(background, dtype=np.float64)
     alpha, angle = unmix(img, bg)
     labels = colour_labels(alpha, angle)
     comp = connected_components(labels)
+    comp = _drop_edge_strips(comp)
     ids, areas = np.unique(comp[comp >= 0], return_counts=True)
     area_of = dict(zip(ids.tolist(), areas.tolist()))
     neighbours: dict[int, set[int]] = {c: set() for c in area_of}

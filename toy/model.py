@@ -76,7 +76,7 @@ def init_weights_(module, *, seed: int | None = None) -> None:
     if seed is not None:
         torch.manual_seed(seed)
     with torch.no_grad():
-        for name, mod in module.named_modules():
+        for mod in module.modules():
             if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Conv3d)):
                 _reset(mod)
             elif isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
@@ -294,7 +294,6 @@ def load_toy_model(path: str | Path, *, input_name: str = "ckpt_name", embedding
     them: ``supported_models.SD15`` (with the toy UNet config) → ``BaseModel`` (eps) → ``ModelPatcher``;
     ``comfy.sd.CLIP`` of ``SD1Tokenizer`` + ``SD1ClipModel``; ``comfy.sd.VAE`` of ``AutoencoderKL``.
     Raises :class:`NotAToyModel` for a file that is not a toy model."""
-    import torch
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd
@@ -302,6 +301,7 @@ def load_toy_model(path: str | Path, *, input_name: str = "ckpt_name", embedding
     import comfy.supported_models
     import comfy.supported_models_base
     import comfy.utils
+    import torch
 
     path = Path(path)
     config, sd = read_toy_file(path, input_name=input_name)

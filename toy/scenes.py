@@ -40,8 +40,8 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -473,6 +473,23 @@ def evaluation_prompts(*, n_two: int = 100, n_three: int = 50, seed: int = 0,
             caption = _random_caption(rng, mentions, colourless=0.0)
             prompts.append(Prompt(mentions=mentions, caption=caption, kind="+".join(split.unseen_reasons(mentions))))
     return prompts
+
+
+def typed_words(prompt: Prompt) -> dict[str, str]:
+    """The words a user would type into the methods' word inputs for ``prompt``: ``subjects``/``targets`` = its
+    shapes, ``groups``/``entities`` = colour + shape per mention (a colour's second occurrence as ``red#2``, counted
+    in caption order; a colourless mention is its shape alone)."""
+    seen: dict[str, int] = {}
+    groups = []
+    for m in prompt.mentions:
+        if m.colour is None:
+            groups.append(m.shape)
+            continue
+        seen[m.colour] = seen.get(m.colour, 0) + 1
+        colour = m.colour if seen[m.colour] == 1 else f"{m.colour}#{seen[m.colour]}"
+        groups.append(f"{colour} {m.shape}")
+    shapes = ", ".join(m.shape for m in prompt.mentions)
+    return {"subjects": shapes, "targets": shapes, "groups": "; ".join(groups), "entities": "; ".join(groups)}
 
 
 def random_scene(rng: np.random.Generator, *, config: SceneConfig | None = None,

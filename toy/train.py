@@ -4,13 +4,16 @@
 
 Phases (each with a tqdm bar; every ``--log-every`` steps a JSON line goes to ``<out>.log.jsonl``):
     1. VAE: ComfyUI's AutoencoderKL (toy config) on random ``--vae-crop`` px crops of 128 px scenes (it is fully
-       convolutional; crops cut its cost ~7×), loss MSE + ``--kl`` · KL. Then its latent is renormalised to SD1.5's
-       latent format (:func:`toy.model.normalise_vae_latent_`).
+       convolutional; crops cut its cost; a quarter of them on each axis touch the image border), then
+       ``--vae-full-steps`` steps on whole images (the decoder learns the borders), loss MSE + ``--kl`` · KL, Adam
+       with a cosine decay. Then its latent is renormalised to SD1.5's latent format
+       (:func:`toy.model.normalise_vae_latent_`).
     2. Latent pool: ``--pool`` scenes ``training_sample(i, seed)``, i < pool, encoded once (posterior mean, × 0.18215
        as ComfyUI's SD15 latent format does) with their captions' CLIP token ids.
     3. UNet + text encoder, jointly (the VAE frozen): eps prediction on ComfyUI's SD1.5 schedule (1000 steps,
-       scaled-linear betas), captions dropped to "" with probability ``--uncond`` (for CFG), AdamW with warm-up,
-       gradient clipping 1, EMA of the weights (the EMA is what is saved).
+       scaled-linear betas), captions dropped to "" with probability ``--uncond`` (for CFG), plain MSE (``--min-snr γ``
+       weights it by Min-SNR-γ; off by default and not used for the shipped file), AdamW with warm-up and a cosine decay, gradient clipping 1, EMA of the
+       weights (the EMA is what is saved).
 
 Determinism: every random draw comes from generators seeded by ``--seed`` (scenes by ``training_sample(i, seed)``,
 crops, batches, timesteps and noise by ``torch.Generator``), with ``torch.use_deterministic_algorithms(True)``; the
@@ -24,7 +27,9 @@ scripts/headless.py finds it).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import os
 import shlex
 import sys
@@ -88,10 +93,17 @@ class Logger:
         self.file.close()
 
 
-def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: int = 16, vae_crop: int = 48,
-          vae_lr: float = 1e-3, kl: float = 1e-5, pool: int = 8000, steps: int = 1800, batch: int = 32,
-          lr: float = 5e-4, warmup: int = 200, uncond: float = 0.1, ema: float = 0.999, device: str = "cpu",
-          threads: int = 2, log_every: int = 10, progress: bool = True, command: str = "") -> dict:
+def cosine(step: int, total: int, *, floor: float = 0.05) -> float:
+    """Learning-rate factor: 1 → ``floor`` over ``total`` steps along half a cosine."""
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1000, vae_batch: int = 12, vae_crop: int = 64,
+          vae_full_steps: int = 150, vae_full_batch: int = 6, vae_lr: float = 1e-3, kl: float = 1e-5,
+          pool: int = 10000, steps: int = 2600, batch: int = 32, lr: float = 5e-4, warmup: int = 200,
+          uncond: float = 0.1, ema: float = 0.999, min_snr: float = 0.0, device: str = "cpu", threads: int = 2,
+          log_every: int = 10,
+          progress: bool = True, command: str = "") -> dict:
     """Train and write the toy model to ``out`` (see the module docstring); returns a summary (final losses,
     seconds per phase, parameter counts, the file's SHA-256)."""
     boot_comfy(device)
@@ -102,7 +114,8 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: i
 
     from toy import model as tm
 
-    for name, value in dict(vae_steps=vae_steps, vae_batch=vae_batch, pool=pool, steps=steps, batch=batch).items():
+    for name, value in dict(vae_steps=vae_steps, vae_batch=vae_batch, vae_full_steps=vae_full_steps,
+                            vae_full_batch=vae_full_batch, pool=pool, steps=steps, batch=batch).items():
         if not (isinstance(value, int) and value >= (0 if name.endswith("steps") else 1)):
             raise ValueError(f"{name} must be an int ≥ {0 if name.endswith('steps') else 1}, got {value!r}")
     if not (8 <= vae_crop <= tm.IMAGE_SIZE and vae_crop % tm.VAE_FACTOR == 0):
@@ -136,13 +149,27 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: i
     t0 = time.time()
     opt = torch.optim.Adam(vae.parameters(), lr=vae_lr)
     vae.train()
-    bar = tqdm(range(vae_steps), desc="VAE", disable=not progress)
+    total_vae = vae_steps + vae_full_steps
+    bar = tqdm(range(total_vae), desc="VAE", disable=not progress)
     loss_v = float("nan")
+    offset = 0
     for step in bar:
-        images, _ = scene_images(range(step * vae_batch, (step + 1) * vae_batch), seed=seed, image_size=size)
-        rng = np.random.default_rng([seed, 1, step])
-        ys, xs = rng.integers(0, size - vae_crop + 1, size=(2, vae_batch))
-        crops = np.stack([im[y:y + vae_crop, x:x + vae_crop] for im, y, x in zip(images, ys, xs)])
+        full = step >= vae_steps                       # the last steps on whole images: their borders too
+        n = vae_full_batch if full else vae_batch
+        images, _ = scene_images(range(offset, offset + n), seed=seed, image_size=size)
+        offset += n
+        if full:
+            crops = images
+        else:
+            rng = np.random.default_rng([seed, 1, step])
+            # half the crops touch an image border (the decoder must draw borders as the full image has them)
+            ys, xs = rng.integers(0, size - vae_crop + 1, size=(2, n))
+            edge = rng.random((2, n)) < 0.25
+            ys = np.where(edge[0], rng.choice([0, size - vae_crop], size=n), ys)
+            xs = np.where(edge[1], rng.choice([0, size - vae_crop], size=n), xs)
+            crops = np.stack([im[y:y + vae_crop, x:x + vae_crop] for im, y, x in zip(images, ys, xs)])
+        for group in opt.param_groups:
+            group["lr"] = vae_lr * cosine(step, total_vae)
         x = to_tensor(crops, dev)
         moments = vae.quant_conv(vae.encoder(x))
         mean, logvar = moments.chunk(2, dim=1)
@@ -158,8 +185,8 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: i
         opt.step()
         loss_v = float(mse.detach())
         bar.set_postfix(mse=f"{loss_v:.4f}")
-        if step % log_every == 0 or step == vae_steps - 1:
-            logger.log(phase="vae", step=step, mse=loss_v, kl=float(kl_term.detach()))
+        if step % log_every == 0 or step == total_vae - 1:
+            logger.log(phase="vae", step=step, mse=loss_v, kl=float(kl_term.detach()), full=full)
     vae.eval()
     summary["vae_mse"] = loss_v
     summary["vae_s"] = round(time.time() - t0, 1)
@@ -193,7 +220,7 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: i
     ac = tm.alphas_cumprod().to(dev)                                     # [1000]
     params = list(unet.parameters()) + list(text.clip_l.transformer.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * cosine(s, steps))
     ema_params = [p.detach().clone() for p in params]
     unet.train()
     text.train()
@@ -216,7 +243,12 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: i
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         context, _pooled = text.clip_l(ids.tolist())
         pred = unet(xt, timesteps=t.to(dev).float(), context=context.to(dev))
-        loss = torch.nn.functional.mse_loss(pred, eps)
+        # optional Min-SNR-γ weighting (Hang et al., ICCV 2023): w = min(SNR, γ)/SNR for ε-prediction, so the many
+        # easy low-noise steps do not dominate. Off by default: the shipped weights were trained with the plain MSE,
+        # and no run with it finished here, so whether it helps this model is unmeasured
+        snr = a.reshape(-1) / (1 - a.reshape(-1))
+        weight = snr.clamp(max=min_snr) / snr if min_snr > 0 else torch.ones_like(snr)
+        loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -247,32 +279,30 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1200, vae_batch: i
     return summary
 
 
+#: train() arguments that do not change the weights (left out of the command recorded in the file)
+NOT_RECORDED = ("log_every", "progress", "command")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "toy" / "weights" / "toy_shapes.safetensors"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=1200)
-    ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--vae-crop", type=int, default=48)
-    ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--kl", type=float, default=1e-5)
-    ap.add_argument("--pool", type=int, default=8000)
-    ap.add_argument("--steps", type=int, default=1800)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--uncond", type=float, default=0.1)
-    ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--log-every", type=int, default=10)
+    defaults = {k: v.default for k, v in inspect.signature(train).parameters.items() if v.kind == v.KEYWORD_ONLY}
+    for name, default in defaults.items():
+        if name in ("progress", "command"):
+            continue
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                        help="cpu, cuda or cuda:N" if name == "device" else None)
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    command = "python -m toy.train " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    summary = train(a.out, seed=a.seed, vae_steps=a.vae_steps, vae_batch=a.vae_batch, vae_crop=a.vae_crop,
-                    vae_lr=a.vae_lr, kl=a.kl, pool=a.pool, steps=a.steps, batch=a.batch, lr=a.lr, warmup=a.warmup,
-                    uncond=a.uncond, ema=a.ema, device=a.device, threads=a.threads, log_every=a.log_every,
-                    progress=not a.no_progress, command=command)
+    a = vars(ap.parse_args(argv))
+    out = a.pop("out")
+    progress = not a.pop("no_progress")
+    # the file records the settings that make its weights, not where it was written: the same command gives the
+    # same bytes wherever --out points. An optional loss weighting left off is not recorded either, so files made
+    # before the option existed keep their command
+    command = "python -m toy.train " + " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}"
+                                                 for k, v in a.items()
+                                                 if k not in NOT_RECORDED and not (k == "min_snr" and v == 0))
+    summary = train(out, progress=progress, command=command, **a)
     print(json.dumps(summary, indent=1))
 
 
