@@ -7,15 +7,18 @@ from .attn_regulation import AttentionRegulationGuidance
 from .capture import CaptureCrossAttention
 from .guided_sampler import GuidedKSampler
 from .modulation import AttentionModulationGuidance
+from .report import AttentionReport
 from .show_tokens import ShowTokens
 from .syngen import SynGenGuidance
 from .text_attention import TextSelfAttention
+from .toy_loader import LoadToyModel
 from .tsam import TSAMGuidance
 from .visualize import VisualizeAttention
 
 NODES: list[type[io.ComfyNode]] = [TextSelfAttention, CaptureCrossAttention, VisualizeAttention, TSAMGuidance,
                                    AttendExciteGuidance, SynGenGuidance, AttentionRegulationGuidance,
-                                   AttentionModulationGuidance, ShowTokens, GuidedKSampler, ApplyGuidance]
+                                   AttentionModulationGuidance, ShowTokens, GuidedKSampler, ApplyGuidance, LoadToyModel,
+                                   AttentionReport]
 
 
 class AttentionAlignExtension(ComfyExtension):
