@@ -18,11 +18,22 @@ SDXL = "sd_xl_base_1.0.safetensors"
 #: checkpoint and image size per model family; the graphs are the same (ComfyUI's CLIP Text Encode and the pack's
 #: nodes read SD1.x and SDXL alike, and level 32 is the papers' level at both sizes: 16×16 / 32×32 maps)
 FAMILIES = {"sd15": {"ckpt": SD15, "size": 512, "name": "SD1.5"},
-            "sdxl": {"ckpt": SDXL, "size": 1024, "name": "SDXL"}}
+            "sdxl": {"ckpt": SDXL, "size": 1024, "name": "SDXL"},
+            "toy": {"ckpt": "attention-align/toy_shapes.safetensors", "size": 128, "name": "the toy model"}}
+#: the toy model's version of each graph (its vocabulary: 6 shapes × 7 colours): prompt, and the words typed into the
+#: method node; chosen when the graphs were written, before any result was seen. SynGen's holds two colour-shape
+#: pairs the model never saw in training (white circle, red square).
+TOY = {"capture_and_visualise": ("a red circle and a blue square", {}),
+       "tsam": ("a yellow star next to a green heart", {}),
+       "attend_and_excite": ("a purple cross and an orange triangle", {"subjects": "cross, triangle"}),
+       "syngen": ("a white circle next to a red square", {"groups": "white circle; red square"}),
+       "attention_regulation": ("a blue triangle and a yellow star", {"targets": "triangle, star"}),
+       "attention_modulation": ("a green circle and an orange heart", {"entities": "green circle; orange heart"})}
+TOY_LEVEL, TOY_STEPS = 16, 20
 
 #: node body heights (title bar excluded) as frontend 1.27.10 draws these nodes; a node is never drawn smaller than
 #: its widgets need, so a saved size below this would make nodes overlap on the canvas (tests/test_browser.py checks)
-HEIGHT = {"CheckpointLoaderSimple": 160, "CLIPTextEncode": 160, "EmptyLatentImage": 160, "KSampler": 262,
+HEIGHT = {"CheckpointLoaderSimple": 160, "AttentionAlignLoadToyModel": 160, "CLIPTextEncode": 160, "EmptyLatentImage": 160, "KSampler": 262,
           "VAEDecode": 160, "SaveImage": 300, "PreviewImage": 300, "AttentionAlignTextSelfAttention": 176,
           "AttentionAlignCaptureCrossAttention": 160, "AttentionAlignApplyGuidance": 160,
           "AttentionAlignGuidedKSampler": 282, "AttentionAlignVisualize": 166, "AttentionAlignShowTokens": 260,
@@ -208,8 +219,16 @@ WORKFLOWS = {f"{graph}_{family}.json": (graph, family) for graph in MAKERS for f
 
 def note_text(graph: str, family: str) -> str:
     """The workflow's Note: what to change for a real checkpoint of its family, and what to type."""
-    f, other = FAMILIES[family], next(v for k, v in FAMILIES.items() if k != family)
-    other_file = f"{graph}_{next(k for k in FAMILIES if k != family)}.json"
+    if family == "toy":
+        return (f"Set up for the pack's toy model: a small text-to-image model of coloured shapes (circle, square, "
+                f"triangle, star, cross, heart × red, green, blue, yellow, purple, orange, white), trained by "
+                f"toy/train.py and shipped with the pack. It runs on a CPU in seconds.\n\n"
+                f"Load Toy Model: attention-align/toy_shapes.safetensors. Empty Latent Image: 128×128 (its size). "
+                f"Level: {TOY_LEVEL} (its 8×8 maps). Steps: {TOY_STEPS}.\n"
+                f"For real checkpoints open {graph}_sd15.json or {graph}_sdxl.json.\n\n"
+                f"{WORDS[graph]} Type shapes and colours the toy model knows.")
+    f, other = FAMILIES[family], next(v for k, v in FAMILIES.items() if k not in (family, "toy"))
+    other_file = f"{graph}_{next(k for k in FAMILIES if k not in (family, 'toy'))}.json"
     return (f"Set up for {f['name']}.\n\n"
             f"Load Checkpoint: {f['ckpt']} (or any {f['name']} checkpoint) in ComfyUI/models/checkpoints.\n"
             f"Empty Latent Image: {f['size']}×{f['size']} (the size {f['name']} was trained at; other sizes work, "
@@ -217,8 +236,7 @@ def note_text(graph: str, family: str) -> str:
             f"Steps: {STEPS[graph]}.\n"
             f"For {other['name']} open {other_file} instead ({other['size']}×{other['size']}, {other['ckpt']}).\n\n"
             f"{WORDS[graph]}\n\n"
-            "The pack's test runs use a tiny random-weight model: there the images are noise by design and only "
-            "the heat maps' layout is meaningful.")
+            "To try a graph without any checkpoint, open its _toy.json twin (the pack's own small model).")
 
 
 def _note_node(node_id: int, order: int, pos: tuple, size: tuple, text: str) -> dict:
@@ -228,11 +246,36 @@ def _note_node(node_id: int, order: int, pos: tuple, size: tuple, text: str) -> 
             "color": "#432", "bgcolor": "#653"}
 
 
-def for_family(prompt: dict, family: str) -> dict:
-    """The graph with the family's checkpoint and image size."""
+def for_family(prompt: dict, family: str, graph: str = "") -> dict:
+    """The graph with the family's checkpoint and image size (for the toy model also its loader, level, steps,
+    sampler, prompt and words)."""
     f = FAMILIES[family]
+    if family == "toy":
+        text, words = TOY[graph]
+        for node in prompt.values():
+            inputs = node["inputs"]
+            if node["class_type"] == "CheckpointLoaderSimple":      # the same outputs: MODEL, CLIP, VAE
+                node["class_type"] = "AttentionAlignLoadToyModel"
+            if node["class_type"] == "AttentionAlignTextSelfAttention":
+                inputs["text"] = text
+            if node["class_type"] == "CLIPTextEncode":
+                inputs["text"] = ""
+            for key in ("level", "levels"):
+                if inputs.get(key) == 32:
+                    inputs[key] = TOY_LEVEL
+            if "steps" in inputs:
+                inputs["steps"] = TOY_STEPS
+            if inputs.get("sampler_name") == "ddim":
+                inputs["sampler_name"], inputs["scheduler"] = "euler", "normal"
+            if "cfg" in inputs:
+                inputs["cfg"] = 5.0
+            for key, value in words.items():
+                if key in inputs:
+                    inputs[key] = value
+            if node["class_type"] == "AttentionAlignShowTokens":
+                inputs["subjects"], inputs["groups"] = words.get("subjects", ""), words.get("groups", "")
     for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
+        if node["class_type"] in ("CheckpointLoaderSimple", "AttentionAlignLoadToyModel"):
             node["inputs"]["ckpt_name"] = f["ckpt"]
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"]["width"] = node["inputs"]["height"] = f["size"]
@@ -243,7 +286,7 @@ def ui_workflow(name: str, host: ComfyHost) -> dict:
     """The UI-format workflow ``name`` as the generator writes it from today's node schemas (with its Note)."""
     graph, family = WORKFLOWS[name]
     prompt, columns = MAKERS[graph]()
-    prompt = for_family(prompt, family)
+    prompt = for_family(prompt, family, graph)
     note_id = str(max(int(k) for k in prompt) + 1)
     columns[0].append(note_id)
     positions, sizes, view = layout({**prompt, note_id: {"class_type": "Note"}}, host, columns)

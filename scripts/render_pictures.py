@@ -1,16 +1,16 @@
 """Render the pictures the pack ships from real runs of its example workflows: one command.
 
-    .venv/bin/python scripts/render_pictures.py                     # on the tiny random-weight model (default)
-    .venv/bin/python scripts/render_pictures.py --ckpt path/to/model.safetensors --size 256 --steps 20
+    .venv/bin/python scripts/render_pictures.py                     # toy workflows on the toy model (default)
 
 * ``example_workflows/<name>.jpg``: each workflow's thumbnail for ComfyUI's template browser (it asks for the
   same-name .jpg): the workflow's Visualize Attention grid (heat maps over the decoded image, T and S, the loss
   plot), fitted into a 512 px square.
 * ``web/docs/img/<node id>.png``: the picture on each node's help page (``web/docs/<node id>.md``).
 
-Every workflow runs headless (in-process ComfyUI on the CPU) with its checkpoint swapped for ``--ckpt`` (default:
-the tiny SD1.5-family model, built on first use; SDXL workflows run on it too) at ``--size`` px and ``--steps``
-steps. On the tiny model images are noise by design; re-render with a trained model when there is one.
+Every workflow runs headless (in-process ComfyUI on the CPU). The ``_toy`` workflows run as they are, on the pack's
+toy model; the SD1.5 and SDXL ones need checkpoints no CI machine has, so they run on the tiny random-weight model
+(``--ckpt`` another file) at ``--size`` px and ``--steps`` steps: their thumbnails show noise, by design. The help
+pages' pictures come from the toy runs.
 """
 from __future__ import annotations
 
@@ -29,17 +29,19 @@ DOC_WIDTH = 768
 #: node id → (workflow whose run pictures it, what to take: 'maps' = the Visualize grid, 'T' = the T image,
 #: 'text' = the node's shown text)
 DOC_PICTURES = {
-    "AttentionAlignTextSelfAttention": ("capture_and_visualise_sd15", "T"),
-    "AttentionAlignCaptureCrossAttention": ("capture_and_visualise_sd15", "maps"),
-    "AttentionAlignVisualize": ("attend_and_excite_sd15", "maps"),
-    "AttentionAlignTSAM": ("tsam_sd15", "maps"),
-    "AttentionAlignAttendExcite": ("attend_and_excite_sd15", "maps"),
-    "AttentionAlignSynGen": ("syngen_sd15", "maps"),
-    "AttentionAlignAttentionRegulation": ("attention_regulation_sd15", "maps"),
-    "AttentionAlignAttentionModulation": ("attention_modulation_sd15", "maps"),
-    "AttentionAlignShowTokens": ("syngen_sd15", "text"),
-    "AttentionAlignGuidedKSampler": ("tsam_sd15", "maps"),
-    "AttentionAlignApplyGuidance": ("attention_regulation_sd15", "maps"),
+    "AttentionAlignTextSelfAttention": ("capture_and_visualise_toy", "T"),
+    "AttentionAlignCaptureCrossAttention": ("capture_and_visualise_toy", "maps"),
+    "AttentionAlignVisualize": ("attend_and_excite_toy", "maps"),
+    "AttentionAlignTSAM": ("tsam_toy", "maps"),
+    "AttentionAlignAttendExcite": ("attend_and_excite_toy", "maps"),
+    "AttentionAlignSynGen": ("syngen_toy", "maps"),
+    "AttentionAlignAttentionRegulation": ("attention_regulation_toy", "maps"),
+    "AttentionAlignAttentionModulation": ("attention_modulation_toy", "maps"),
+    "AttentionAlignShowTokens": ("syngen_toy", "text"),
+    "AttentionAlignGuidedKSampler": ("tsam_toy", "maps"),
+    "AttentionAlignApplyGuidance": ("attention_regulation_toy", "maps"),
+    "AttentionAlignLoadToyModel": ("capture_and_visualise_toy", "maps"),
+    "AttentionAlignReport": ("attend_and_excite_toy", "report"),
 }
 
 
@@ -60,7 +62,26 @@ def _images(host: ComfyHost, prompt: dict, ui_outputs: dict) -> dict:
                 found["T"] = Image.open(path).convert("RGB")
         if node["class_type"] == "AttentionAlignShowTokens" and out.get("text"):
             found["text"] = text_picture("\n".join(out["text"]))
+        if node["class_type"] == "AttentionAlignReport" and out.get("text"):
+            found["report"] = text_picture(_pretty("".join(out["text"])))
     return found
+
+
+def _pretty(report_json: str) -> str:
+    """The report's JSON, one key per line, lists on one line (as it reads in the node's text box)."""
+    data = json.loads(report_json)
+    return "\n".join(f"{k}: {json.dumps(v)}" for k, v in data.items() if k not in ("loss_per_step",))
+
+
+def with_report(prompt: dict) -> dict:
+    """``prompt`` plus an Attention Report of its Guided KSampler's maps and log (for the report's help picture)."""
+    sampler = next((nid for nid, n in prompt.items() if n["class_type"] == "AttentionAlignGuidedKSampler"), None)
+    text = next((nid for nid, n in prompt.items() if n["class_type"] == "AttentionAlignTextSelfAttention"), None)
+    if sampler is None or text is None:
+        return prompt
+    return {**prompt, "report": {"class_type": "AttentionAlignReport", "inputs": {
+        "text_attention": [text, 0], "attention_maps": [sampler, 1], "guidance_log": [sampler, 2], "subjects": "",
+        "groups": "", "parser": "builtin", "level": 0}}}
 
 
 def text_picture(text: str):
@@ -126,9 +147,13 @@ def main() -> None:
     for name in build_workflows.WORKFLOWS:
         stem = Path(name).stem
         path = REPO_ROOT / "example_workflows" / name
-        ui = tiny_workflow(json.loads(path.read_text()), host, a.size, a.steps, ckpt=ckpt)
+        ui = json.loads(path.read_text())
+        if not stem.endswith("_toy"):
+            ui = tiny_workflow(ui, host, a.size, a.steps, ckpt=ckpt)
         prompt = ui_to_api(ui, host)
-        print(f"running {name} on {ckpt} at {a.size} px, {a.steps} steps …", flush=True)
+        if stem == "attend_and_excite_toy":
+            prompt = with_report(prompt)
+        print(f"running {name} on {'the toy model' if stem.endswith('_toy') else ckpt} …", flush=True)
         host.run(prompt, fresh=True, workflow=ui)
         taken[stem] = _images(host, prompt, host.ui_outputs)
         if "maps" not in taken[stem]:

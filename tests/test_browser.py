@@ -9,13 +9,11 @@ Chromium, Playwright or ComfyUI.
 import json
 import re
 
+import frontend  # noqa: E402  (scripts/frontend.py)
 import pytest
-
 from conftest import ROOT
 
-import frontend  # noqa: E402  (scripts/frontend.py)
-
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.heavy]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SIZE, STEPS = 96, 4         # 96 px: Attention Regulation needs 3×3 maps at image ÷32

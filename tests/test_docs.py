@@ -3,7 +3,6 @@ with every input of the node's schema, a picture that exists, and the paper; the
 import re
 
 import pytest
-
 from conftest import ROOT
 
 DOCS = ROOT / "web" / "docs"

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
+pytestmark = pytest.mark.heavy  # runs every example workflow
 
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 
@@ -32,9 +33,8 @@ def test_workflow_file_matches_the_node_schemas(host, path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs_headless_on_the_tiny_model(host, tiny_ckpt, path):
-    from PIL import Image
-
     from headless import ui_to_api
+    from PIL import Image
     from run_workflow import ProgressPrinter, tiny_workflow
 
     # on the tiny model an SDXL file is its SD1.5 twin's graph, which ComfyUI would answer from its cache (the saved

@@ -3,14 +3,11 @@ specification read ``pyproject.toml``: name and version rules, license, reposito
 the Icon (a committed square image ≤ 400 px at this repository's raw address) and what the published archive holds.
 """
 import re
-import tomllib
-from pathlib import Path
-
-import pytest
-
-from conftest import ROOT
 
 import pack_assets  # noqa: E402  (scripts/pack_assets.py)
+import pytest
+import tomllib
+from conftest import ROOT
 
 CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT, COMFY = CONFIG["project"], CONFIG["tool"]["comfy"]
