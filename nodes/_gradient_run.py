@@ -24,7 +24,7 @@ from ..guidance.sampler_control import chunked_function, in_place_function
 from ._fast import FastCapture
 from ._gradient_pass import GradientPass, _unet_view
 from ._progress import RunProgress
-from ._samplers import CHUNKED_MODIFIED, choose_path, sampler_name
+from ._samplers import CHUNKED_MODIFIED, ESTIMATE_ONLY, choose_path, sampler_name
 from ._weights import deinference_
 
 
@@ -130,6 +130,10 @@ def sampler_wrapper(attachment, *, verify: bool = False, truncate: bool = True):
         session = extra_args["model_options"]["transformer_options"][PASS_KEY]["session"]
         run: GradientRun = session.run_for(attachment)
         path, label = choose_path(sampler)
+        if run.guidance.fast and label in ESTIMATE_ONLY:
+            raise ValueError(f"fast: the {label} sampler builds each step from the model's estimate alone, so a fast-mode "
+                             "update (which keeps the estimate made before it) would never reach the image; turn fast "
+                             f"off for {label}, or use another sampler")
         driver = GuidedRun(run, len(sigmas) - 1, verify=verify, truncate=truncate)
         run.driver = driver
         run.log.sampler, run.log.path = label, path

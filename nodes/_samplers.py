@@ -18,6 +18,9 @@ dpmpp_3m_sde_gpu ddpm lcm ipndm ipndm_v deis res_multistep res_multistep_cfg_pp 
 res_multistep_ancestral_cfg_pp gradient_estimation gradient_estimation_cfg_pp er_sde seeds_2 seeds_3""".split())
 #: chunked and exact (a second evaluation can land on a schedule σ, where an in-place write would be lost)
 CHUNKED_EXACT = frozenset({"heun", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp"})
+#: the next state is built from the model's estimate alone (x₊ = D(x) + σ₊·noise): fast mode, whose update keeps the
+#: estimate made before it, would never reach the image with these, so it refuses them
+ESTIMATE_ONLY = frozenset({"lcm"})
 #: no exact option: chunked, and the guided steps run a restarted solver
 CHUNKED_MODIFIED = frozenset({"heunpp2", "dpm_fast", "dpm_adaptive", "uni_pc", "uni_pc_bh2", "sa_solver",
                               "sa_solver_pece"})

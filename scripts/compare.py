@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from prompt_sets import PromptItem, read_prompt_set  # noqa: E402
+from prompt_sets import PromptItem, PromptSetError, read_prompt_set  # noqa: E402
 
 METHOD_NODES = {"tsam": "AttentionAlignTSAM", "attend_excite": "AttentionAlignAttendExcite",
                 "syngen": "AttentionAlignSynGen", "attention_regulation": "AttentionAlignAttentionRegulation",
@@ -77,7 +77,7 @@ WORD_INPUTS = {"AttentionAlignAttendExcite": ("subjects", "subjects"), "Attentio
                "AttentionAlignAttentionModulation": ("entities", "groups")}
 GUIDED = {"AttentionAlignGuidedKSampler", "AttentionAlignApplyGuidance"}
 SAMPLERS = {"KSampler", "KSamplerAdvanced", "AttentionAlignGuidedKSampler"}
-DEFAULT_TOY_WORKFLOW = ROOT / "example_workflows" / "attend_and_excite.json"
+DEFAULT_TOY_WORKFLOW = ROOT / "example_workflows" / "attend_and_excite_toy.json"
 METRICS = ["loss_first", "loss_last", "weakest_subject_attention", "modifier_noun_overlap", "noun_separation",
            "ts_distance"]
 
@@ -787,7 +787,8 @@ def write_html(rows: list[dict], manifest: Manifest, items: list[PromptItem], ou
     for k in keys:
         fig, ax = plt.subplots(figsize=(7, 2.8))
         data = [[r[k] for r in rows if r["method"] == m and r.get(k) is not None] for m in methods]
-        ax.boxplot([d if d else [float("nan")] for d in data], labels=methods)
+        ax.boxplot([d if d else [float("nan")] for d in data])
+        ax.set_xticks(range(1, len(methods) + 1), methods)     # boxplot's own label keyword was renamed in 3.9
         ax.set_title(k)
         ax.tick_params(axis="x", labelsize=7, rotation=20)
         parts.append(f"<img src='data:image/png;base64,{_png_b64(fig)}'>")
@@ -872,7 +873,7 @@ def main(argv=None) -> int:
                   | {"SaveImage", "AttentionAlignReport", "AttentionAlignCaptureCrossAttention", "KSampler"})
         schemas = check_backends(backends, needed, template)
         validate_configs(configs, schemas)
-    except CompareError as exc:
+    except (CompareError, PromptSetError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     out = Path(a.out)
