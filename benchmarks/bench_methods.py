@@ -4,9 +4,11 @@ Builds a random-weight model from ComfyUI's own classes (the tiny test model, or
 architecture — random weights give honest timings), runs a plain KSampler and each method at the same settings
 (same seed, steps, CFG, sampler), and prints for each: seconds, the ratio to plain, the lower bound of that ratio
 from FLOPs (benchmarks/flops.py, with the refinement iterations actually run), peak memory and its ratio to plain,
-and the per-step loss.
+and the per-step loss. ``*_fast`` are the gradient methods in fast mode (loss and gradient from the sampler's own
+evaluation; no refinement); their bound counts one input backward per guided step and no extra forward.
 
     .venv/bin/python benchmarks/bench_methods.py --arch tiny --size 128 --steps 20            # CPU, seconds
+    .venv/bin/python benchmarks/bench_methods.py --arch toy --size 128 --steps 20             # the trained toy
     .venv/bin/python benchmarks/bench_methods.py --arch sd15_full --size 512 --steps 50       # on a GPU
     .venv/bin/python benchmarks/bench_methods.py --arch sdxl_full --size 1024 --steps 50      # on a GPU
 
@@ -29,8 +31,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PROMPT = "a red car and a blue bench"
-METHODS = ["tsam", "tsam_refine", "attend_excite", "attend_excite_refine", "syngen", "attention_regulation",
-           "attention_modulation"]
+WORDS = {"subjects": "car, bench", "groups": "red car; blue bench"}
+TOY_PROMPT = "a red circle and a blue square"
+TOY_WORDS = {"subjects": "circle, square", "groups": "red circle; blue square"}
+METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_refine", "attend_excite_fast", "syngen",
+           "syngen_fast", "attention_regulation", "attention_modulation"]
 
 
 class PeakMemory:
@@ -73,20 +78,24 @@ class PeakMemory:
         return False
 
 
-def method_guidance(host, name: str, ta):
-    """The GUIDANCE of a method at its official settings (refinement only in the *_refine variants)."""
+def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = None):
+    """The GUIDANCE of a method at its official settings (refinement only in the *_refine variants; *_fast: fast
+    mode, which has none)."""
     cls = host.node_class
+    fast = name.endswith("_fast")
+    words = words or WORDS
     if name.startswith("tsam"):
         return cls("AttentionAlignTSAM").execute(ta, "paper", 1.0, 5.0, 30, "official" if "refine" in name else "off",
-                                                 0.14, 32).args[0]
+                                                 0.14, level, fast=fast).args[0]
     if name.startswith("attend_excite"):
-        return cls("AttentionAlignAttendExcite").execute(ta, "car, bench", "builtin", "official", 1.0, 20.0, 25,
-                                                         20 if "refine" in name else 0, 32).args[0]
-    if name == "syngen":
-        return cls("AttentionAlignSynGen").execute(ta, "red car; blue bench", "builtin", 1.0, 20.0, 25, 32).args[0]
+        return cls("AttentionAlignAttendExcite").execute(ta, words["subjects"], "builtin", "official", 1.0, 20.0, 25,
+                                                         20 if "refine" in name else 0, level, fast=fast).args[0]
+    if name.startswith("syngen"):
+        return cls("AttentionAlignSynGen").execute(ta, words["groups"], "builtin", 1.0, 20.0, 25, level,
+                                                   fast=fast).args[0]
     if name == "attention_regulation":
-        return cls("AttentionAlignAttentionRegulation").execute(ta, "car, bench", "builtin", 0, 25, 20, 100.0,
-                                                                32).args[0]
+        return cls("AttentionAlignAttentionRegulation").execute(ta, words["subjects"], "builtin", 0, 25, 20, 100.0,
+                                                                level).args[0]
     if name == "attention_modulation":
         return cls("AttentionAlignAttentionModulation").execute(ta, "", "builtin", 0.8, 0.3, 0.4, 1.5, 1.5,
                                                                 0.5).args[0]
@@ -95,7 +104,7 @@ def method_guidance(host, name: str, ta):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", default="tiny", help="tiny (CPU), sd15_full or sdxl_full (random weights)")
+    ap.add_argument("--arch", default="tiny", help="tiny or toy (CPU), sd15_full or sdxl_full (random weights)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=7.5)
@@ -107,11 +116,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results to this file")
     a = ap.parse_args()
 
-    import torch
-
     import flops
     import headless
     import tiny_checkpoint
+    import torch
 
     cuda = torch.cuda.is_available() and not a.cpu
     comfy = headless.find_comfyui()
@@ -123,15 +131,21 @@ def main() -> None:
     import nodes as comfy_nodes
 
     t0 = time.perf_counter()
-    sd = tiny_checkpoint.random_state_dict(a.arch, fp16=True)
-    model, clip, _vae, _ = comfy.sd.load_state_dict_guess_config(
-        sd, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
-    del sd
+    if a.arch == "toy":                                            # the pack's trained toy model, its own words
+        model, clip, _vae = host.node_class("AttentionAlignLoadToyModel").execute(
+            "attention-align/toy_shapes.safetensors").args
+        prompt, level, words = TOY_PROMPT, 16, TOY_WORDS
+    else:
+        sd = tiny_checkpoint.random_state_dict(a.arch, fp16=True)
+        model, clip, _vae, _ = comfy.sd.load_state_dict_guess_config(
+            sd, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        del sd
+        prompt, level, words = PROMPT, 32, WORDS
     print(f"model {a.arch}: built and loaded in {time.perf_counter() - t0:.0f} s; device "
           f"{torch.cuda.get_device_name() if cuda else 'CPU'}; UNet dtype {model.model.get_dtype()}")
-    ta, _, positive = host.node_class("AttentionAlignTextSelfAttention").execute(clip, PROMPT, "auto", 3.0).args
+    ta, _, positive = host.node_class("AttentionAlignTextSelfAttention").execute(clip, prompt, "auto", 3.0).args
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    counts = flops.unet_flops(a.arch, a.size, 32)
+    counts = flops.unet_flops(a.arch, a.size, level)
     cost = flops.pass_cost(counts)
     guided = host.pack_module("nodes._guided")
 
@@ -143,7 +157,7 @@ def main() -> None:
 
     run(model, "warm-up")                                          # loads the model onto the device
     names = a.methods.split(",")
-    patched = {name: guided.guided_model(model, method_guidance(host, name, ta)) for name in names}
+    patched = {name: guided.guided_model(model, method_guidance(host, name, ta, level, words)) for name in names}
     timings: dict[str, list[tuple[float, int]]] = {"plain": [], **{name: [] for name in names}}
     for _ in range(a.repeats):                                     # interleaved, so drifts hit every method alike
         timings["plain"].append(run(model, "plain"))
@@ -160,12 +174,14 @@ def main() -> None:
     print(f"{'method':24s} {'s':>8s} {'ratio':>7s} {'bound':>7s} {'peak MiB':>9s} {'mem':>6s}  notes")
     print(f"{'plain':24s} {plain_s:8.2f} {1:7.3f} {1:7.3f} {plain_mem / 2 ** 20:9.0f} {1:6.3f}")
     for name in names:
-        log = patched[name][1]
+        log = patched[name][1].records[-1]                         # the board's newest run of this method
         seconds, peak = median(name)
         iterations = sum(int(r.iterations.max()) for r in log.steps if r.iterations is not None)
         gradient = log.path != "attention edit"
         n_guided = len(log.steps) if gradient else 0
-        bound = flops.bound(cost, a.steps, n_guided, iterations, 2 if a.cfg != 1 else 1)
+        fast = name.endswith("_fast")
+        bound = flops.bound(flops.fast_cost(counts) if fast else cost, a.steps, n_guided, iterations,
+                            2 if a.cfg != 1 else 1)
         losses = [round(float(r.loss_before.mean()), 4) for r in log.steps]
         note = (f"{n_guided} guided steps, {iterations} refinement iterations; loss per step {losses[:6]}"
                 f"{'…' if len(losses) > 6 else ''}") if gradient else \

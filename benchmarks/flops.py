@@ -37,11 +37,10 @@ def pack():
 
 def unet_flops(arch: str, size: int, level: int = 32) -> dict:
     """FLOP counts (multiply-adds × 2) of the full forward, the truncated forward and its input backward."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     import headless
     import tiny_checkpoint
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     comfy_path = headless.find_comfyui()
     if comfy_path is None:
@@ -57,9 +56,16 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     attention_patch, engine = pack()
-    cfg = tiny_checkpoint.unet_config(arch)
+    if arch == "toy":                                   # the pack's toy model (toy/model.py)
+        sys.path.insert(0, str(ROOT))
+        from toy.model import TOY_CONFIG
+
+        cfg = dict(TOY_CONFIG["unet"])
+        cfg.pop("image_size", None)
+    else:
+        cfg = tiny_checkpoint.unet_config(arch)
     unet = UNetModel(**cfg, dtype=torch.float32, device="meta", operations=comfy.ops.disable_weight_init)
-    layers = _layers_at(unet, level // 8)
+    layers = _layers_at(unet, level)
     h = w = size // 8
     x = torch.empty(1, 4, h, w, device="meta")
     t = torch.zeros(1, device="meta")
@@ -94,8 +100,9 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
             "backward": backward.get_total_flops()}
 
 
-def _layers_at(unet, downsample: int) -> list[tuple[str, int, int]]:
-    """attn2 replace keys at one downsampling factor, in forward order (as nodes/_unet.py finds them)."""
+def _layers_at(unet, level: int) -> list[tuple[str, int, int]]:
+    """attn2 replace keys at one level (image pixels per map pixel, VAE ÷8), in forward order (as nodes/_unet.py
+    finds them)."""
     from comfy.ldm.modules.attention import SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 
@@ -104,7 +111,7 @@ def _layers_at(unet, downsample: int) -> list[tuple[str, int, int]]:
     def walk(name, blocks, ds):
         for number, block in enumerate(blocks):
             for module in block:
-                if isinstance(module, SpatialTransformer) and ds == downsample:
+                if isinstance(module, SpatialTransformer) and 8 * ds == level:
                     found.extend((name, number, d) for d in range(len(module.transformer_blocks)))
                 elif isinstance(module, Downsample):
                     ds *= 2
@@ -121,6 +128,11 @@ def _layers_at(unet, downsample: int) -> list[tuple[str, int, int]]:
 def pass_cost(counts: dict) -> float:
     """One gradient pass (truncated forward + input backward) in full forwards."""
     return (counts["truncated"] + counts["backward"]) / counts["full"]
+
+
+def fast_cost(counts: dict) -> float:
+    """One fast-mode guided step (the input backward only: the forward is the sampler's own) in full forwards."""
+    return counts["backward"] / counts["full"]
 
 
 def bound(cost: float, steps: int, guided: int, refinement_iterations: int = 0, cfg_forwards: int = 2) -> float:
@@ -140,8 +152,8 @@ def main() -> None:
     print(f"  full forward {c['full'] / 1e9:.1f} GFLOP; truncated forward {c['truncated'] / c['full']:.1%} of it; "
           f"input backward {c['backward'] / c['full']:.1%}; one gradient pass = {cost:.3f} forwards")
     for guided, label in ((25, "A&E / SynGen (25 of 50)"), (30, "T-SAM (30 of 50)")):
-        print(f"  bound {label}, 50 steps, CFG: {bound(cost, 50, guided):.3f}×, "
-              f"+{cost / 100:.2%} per refinement iteration")
+        print(f"  bound {label}, 50 steps, CFG: exact {bound(cost, 50, guided):.3f}×, "
+              f"fast {bound(fast_cost(c), 50, guided):.3f}×, +{cost / 100:.2%} per refinement iteration")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
+pytestmark = pytest.mark.heavy  # runs the benchmarks
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 

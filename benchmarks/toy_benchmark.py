@@ -1,0 +1,430 @@
+"""Does each method change what an image shows? The toy model, held-out prompts, the exact judge, 95 % intervals.
+
+    .venv/bin/python benchmarks/toy_benchmark.py --quick                    # minutes: README/CI size
+    .venv/bin/python benchmarks/toy_benchmark.py --out out/toy_benchmark    # the full run (hours on 2 CPU cores)
+
+What it does, in one process on ComfyUI's own nodes (Load Toy Model, Text Self-Attention, each method's node, the
+Guided KSampler, the stock KSampler, VAE Decode):
+
+* Prompts: ``toy.scenes.evaluation_prompts`` (default 100 two-object and 50 three-object prompts; every one holds
+  a colour–shape pair or a shape pair that training never showed). Each prompt is sampled ``--samples`` times
+  (one latent batch, noise from seed = the prompt's index), identically for every method.
+* Methods at their official configurations (T-SAM with both losses, Attend-and-Excite, SynGen, Attention Regulation,
+  Attention Modulation at the pack's defaults) and, with ``--sweep``, at other strengths (gradient methods: the
+  strength multiplier; Attention Regulation: the learning rate; Attention Modulation: the noun/attribute weights).
+  Words come from each prompt's structure (subjects = the shapes, groups = colour + shape), as a user would type
+  them, so token selection is never what is measured.
+* The judge (``toy.judge``) reads every image back into objects: object presence (share of mentioned objects
+  found), attribute binding (share found *with the mentioned colour*), whole-prompt accuracy (every object present
+  and bound, nothing extra). Per prompt the mean over its samples; 95 % intervals by a bootstrap over prompts, and
+  for each method its paired difference to unguided on the same prompts and noise.
+* Time: each method's sampling seconds over unguided's, summed over the same prompts in this run.
+* Localisation: do the model's cross-attention maps sit on the objects at all? For each prompt a ground-truth scene
+  of its objects is rendered, encoded and partly re-noised (img2img at ``--loc-denoise``) while Capture
+  Cross-Attention records; each noun's map (and each colour word's) is compared with the true object mask: IoU of the
+  map thresholded at half its maximum, and whether the map's peak falls on the object.
+
+Everything is written to ``--out``: ``images.jsonl`` (one line per image, resumable: a rerun skips what is done),
+``summary.md`` (the tables), ``summary.json``, ``grid.png`` (rows = prompts, columns = unguided and each method at
+its official setting, same noise; under each image the maps of its nouns).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+TOY_FILE = "attention-align/toy_shapes.safetensors"
+LEVEL = 16                                   # the toy model's 8×8 maps (its coarser cross-attention level)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One column of the comparison: a method node and its inputs (words are added per prompt)."""
+
+    name: str
+    node: str | None                         # None: unguided (the stock KSampler)
+    inputs: dict = field(default_factory=dict)
+    words: str = ""                          # which prompt structure the method's word input takes
+    official: bool = True
+
+
+def official_configs(level: int = LEVEL) -> list[Config]:
+    return [
+        Config("unguided", None),
+        Config("tsam", "AttentionAlignTSAM", dict(loss="paper", strength=1.0, scale_factor=5.0, guided_steps=30,
+                                                  refine="official", threshold_per_token=0.14, level=level)),
+        Config("tsam_cosine", "AttentionAlignTSAM", dict(loss="cosine", strength=1.0, scale_factor=5.0,
+                                                         guided_steps=30, refine="official",
+                                                         threshold_per_token=0.14, level=level)),
+        Config("attend_excite", "AttentionAlignAttendExcite",
+               dict(parser="builtin", softmax="official", strength=1.0, scale_factor=20.0, guided_steps=25,
+                    max_refinement_steps=20, level=level), words="subjects"),
+        Config("syngen", "AttentionAlignSynGen", dict(parser="builtin", strength=1.0, scale_factor=20.0,
+                                                      guided_steps=25, level=level), words="groups"),
+        Config("attention_regulation", "AttentionAlignAttentionRegulation",
+               dict(parser="builtin", seed=0, edit_steps=25, iterations=20, learning_rate=100.0, level=level),
+               words="targets"),
+        Config("attention_modulation", "AttentionAlignAttentionModulation",
+               dict(parser="builtin", temperature=0.8, temperature_until=0.3, mask_until=0.4, noun_weight=1.5,
+                    attribute_weight=1.5, switch=0.5), words="entities"),
+    ]
+
+
+def fast_configs(level: int = LEVEL) -> list[Config]:
+    """The gradient methods in fast mode (loss and gradient from the sampler's own evaluation; no refinement)."""
+    return [Config(f"{c.name}_fast", c.node, {**c.inputs, "fast": True}, c.words, official=False)
+            for c in official_configs(level) if c.node in ("AttentionAlignTSAM", "AttentionAlignAttendExcite",
+                                                        "AttentionAlignSynGen")]
+
+
+def sweep_configs(factors: list[float], level: int = LEVEL) -> list[Config]:
+    """Each method at other strengths: ×factor on the gradient methods' strength, on Attention Regulation's
+    learning rate, and on Attention Modulation's (weight − 1)."""
+    out = []
+    for c in official_configs(level)[1:]:
+        for f in factors:
+            if f == 1.0:
+                continue
+            inputs = dict(c.inputs)
+            if "strength" in inputs:
+                inputs["strength"] = inputs["strength"] * f
+            elif "learning_rate" in inputs:
+                inputs["learning_rate"] = inputs["learning_rate"] * f
+            else:
+                inputs["noun_weight"] = 1 + (inputs["noun_weight"] - 1) * f
+                inputs["attribute_weight"] = 1 + (inputs["attribute_weight"] - 1) * f
+            out.append(Config(f"{c.name}@x{f:g}", c.node, inputs, c.words, official=False))
+    return out
+
+
+class Toy:
+    """The toy model loaded in an in-process ComfyUI, and the nodes the benchmark runs."""
+
+    def __init__(self, args):
+        import headless
+
+        comfy = headless.find_comfyui()
+        if comfy is None:
+            sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+        self.host = headless.ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_toybench_")), cpu=not args.gpu)
+        self.node = self.host.node_class
+        self.model, self.clip, self.vae = self.node("AttentionAlignLoadToyModel").execute(args.ckpt).args
+        self.negative = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(""))
+        self.args = args
+
+    def encode(self, caption: str):
+        ta, _, positive = self.node("AttentionAlignTextSelfAttention").execute(self.clip, caption, "auto", 3.0).args
+        return ta, positive
+
+    def sample(self, config: Config, prompt, ta, positive, seed: int):
+        """(images uint8 [S, H, W, 3], seconds, guidance record or None, maps or None)."""
+        import nodes as comfy_nodes
+        import torch
+
+        a = self.args
+        latent = {"samples": torch.zeros(a.samples, 4, a.size // 8, a.size // 8)}
+        t0 = time.perf_counter()
+        record = maps = None
+        if config.node is None:
+            (out,) = comfy_nodes.common_ksampler(self.model, seed, a.steps, a.cfg, a.sampler, a.scheduler, positive,
+                                                 self.negative, latent)
+        else:
+            inputs = dict(config.inputs)
+            if config.words:
+                from toy.scenes import typed_words
+
+                inputs[config.words] = typed_words(prompt)[config.words]
+            guidance = self.node(config.node).execute(text_attention=ta, **inputs).args[0]
+            out, maps, record = self.node("AttentionAlignGuidedKSampler").execute(
+                self.model, seed, a.steps, a.cfg, a.sampler, a.scheduler, positive, self.negative, latent, 1.0,
+                guidance).args
+        seconds = time.perf_counter() - t0
+        images = self.vae.decode(out["samples"])                            # [S, H, W, 3] in 0..1
+        images = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return images, seconds, record, maps
+
+
+def judge_images(images, prompt, size: int) -> list[dict]:
+    from toy import judge
+
+    rows = []
+    for img in images:
+        s = judge.score(judge.detect(img, image_size=size), prompt)
+        rows.append({"present": list(s.present), "bound": list(s.bound), "extra": len(s.extra),
+                     "correct": s.correct, "seen": [(d.shape, d.colour) for d in s.matched if d is not None]
+                     + [(d.shape, d.colour) for d in s.extra]})
+    return rows
+
+
+def loss_summary(record) -> dict:
+    if record is None or not record.steps:
+        return {}
+    first = record.steps[0]
+    return {"loss_first": [float(v) for v in first.loss_before.reshape(-1)],
+            "loss_last": [float(v) for v in record.steps[-1].loss_final.reshape(-1)],
+            "guided_steps": len(record.steps),
+            "refinement_iterations": sum(int(r.iterations.max()) for r in record.steps if r.iterations is not None),
+            "halted": [bool(v) for v in (record.steps[-1].halted if record.steps[-1].halted is not None else [])]}
+
+
+# ---------------------------------------------------------------------------------------------- localisation
+def localisation(toy: Toy, prompts, *, denoise: float, seed: int = 0) -> dict:
+    """IoU and pointing of each noun's (and colour word's) map with the true object mask, on ground-truth scenes."""
+    import nodes as comfy_nodes
+    import torch
+    import torch.nn.functional as F
+
+    from toy import scenes
+
+    size = toy.args.size
+    cfg = scenes.SceneConfig(image_size=size)
+    out = {"noun_iou": {}, "noun_hit": {}, "colour_iou": {}, "uniform_iou": []}
+    for k, prompt in enumerate(prompts):
+        rng = np.random.default_rng([seed, 77, k])
+        objs = scenes.place_objects(rng, [m.shape for m in prompt.mentions], [m.colour for m in prompt.mentions],
+                                    config=cfg)
+        scene = scenes.Scene(objects=objs, image_size=size)
+        image = torch.from_numpy(scenes.render_array(scene)).float().div(255)[None]
+        latent = {"samples": toy.vae.encode(image)}
+        ta, positive = toy.encode(prompt.caption)
+        captured, board = toy.node("AttentionAlignCaptureCrossAttention").execute(toy.model, 0, False).args
+        comfy_nodes.common_ksampler(captured, k, 10, toy.args.cfg, "euler", "normal", positive, toy.negative,
+                                    latent, denoise=denoise)
+        record = board.records[-1]
+        masks = [scenes.coverage(o, image_size=size) > 0.5 for o in objs]
+        labels = [w.text for w in ta.words]
+        for level in record.levels():
+            maps = record.mean(level)[0]                                   # [T, h, w]
+            up = F.interpolate(maps[None], size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
+            for m, mask in zip(prompt.mentions, masks):
+                for role, word in (("noun", m.shape), ("colour", m.colour)):
+                    if word is None or word not in labels:
+                        continue
+                    pos = ta.words[labels.index(word)].positions[0]
+                    heat = up[pos]
+                    binary = heat >= 0.5 * heat.max()
+                    iou = float((binary & mask).sum() / max((binary | mask).sum(), 1))
+                    out[f"{role}_iou"].setdefault(level, []).append(iou)
+                    if role == "noun":
+                        y, x = np.unravel_index(int(heat.argmax()), heat.shape)
+                        out["noun_hit"].setdefault(level, []).append(bool(mask[y, x]))
+            for mask in masks:                                             # what a map that says nothing scores
+                out["uniform_iou"].append(float(mask.sum() / mask.size))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+def per_prompt(rows: list[dict], key: str) -> dict[int, float]:
+    """Mean over a prompt's images of a score: presence/binding as shares of mentions, correct as 0/1."""
+    by: dict[int, list[float]] = {}
+    for r in rows:
+        v = r[key]
+        by.setdefault(r["prompt"], []).append(float(np.mean(v)) if isinstance(v, list) else float(v))
+    return {p: float(np.mean(v)) for p, v in by.items()}
+
+
+def summarise(rows: list[dict], configs: list[Config], *, resamples: int = 2000) -> dict:
+    from stats import bootstrap_ci, paired_bootstrap_ci
+
+    by_config = {c.name: [r for r in rows if r["config"] == c.name] for c in configs}
+    base = by_config.get("unguided", [])
+    base_scores = {key: per_prompt(base, key) for key in ("present", "bound", "correct")}
+    base_time = {r["prompt"]: r["seconds"] for r in base}
+    table = {}
+    for c in configs:
+        cr = by_config[c.name]
+        if not cr:
+            continue
+        entry = {"official": c.official, "images": len(cr), "prompts": len({r["prompt"] for r in cr})}
+        for key in ("present", "bound", "correct"):
+            scores = per_prompt(cr, key)
+            entry[key] = bootstrap_ci(list(scores.values()), resamples=resamples)
+            common = sorted(set(scores) & set(base_scores[key]))
+            if c.name != "unguided" and common:
+                entry[key + "_vs_unguided"] = paired_bootstrap_ci([scores[p] for p in common],
+                                                                  [base_scores[key][p] for p in common],
+                                                                  resamples=resamples)
+        times = {r["prompt"]: r["seconds"] for r in cr}
+        common = sorted(set(times) & set(base_time))
+        if common:
+            entry["time_ratio"] = sum(times[p] for p in common) / sum(base_time[p] for p in common)
+        losses = [(np.mean(r["loss_first"]), np.mean(r["loss_last"])) for r in cr if r.get("loss_first")]
+        if losses:
+            entry["loss_first_last"] = [float(np.mean([a for a, _ in losses])), float(np.mean([b for _, b in losses]))]
+        entry["halted_images"] = sum(sum(r.get("halted", [])) for r in cr)
+        table[c.name] = entry
+    return table
+
+
+def markdown(table: dict, loc: dict | None, args) -> str:
+    from stats import fmt_ci
+
+    lines = [f"Toy benchmark: {args.n_two} two-object + {args.n_three} three-object held-out prompts × "
+             f"{args.samples} samples, {args.steps} steps {args.sampler}/{args.scheduler}, CFG {args.cfg}, "
+             f"{args.size} px, maps at level {args.level}. Scores in %, 95 % bootstrap interval over prompts; Δ = paired "
+             "difference to unguided.", "",
+             "| method | objects present | Δ | attributes bound | Δ | whole prompt | Δ | time × | loss first → last |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in table.items():
+        def cell(key, e=e):
+            return fmt_ci(*e[key]) if key in e else "–"
+        loss = e.get("loss_first_last")
+        lines.append(f"| {name} | {cell('present')} | {cell('present_vs_unguided')} | {cell('bound')} | "
+                     f"{cell('bound_vs_unguided')} | {cell('correct')} | {cell('correct_vs_unguided')} | "
+                     f"{e.get('time_ratio', 1.0):.2f} | "
+                     f"{f'{loss[0]:.3f} → {loss[1]:.3f}' if loss else '–'} |")
+    if loc:
+        lines += ["", "Localisation on ground-truth scenes (img2img at denoise "
+                  f"{args.loc_denoise}): IoU of a word's map (≥ half its max) with the object, and how often a noun's "
+                  "peak lies on its object.", "",
+                  "| level | noun IoU | colour-word IoU | noun peak on object | IoU of a map covering everything |",
+                  "|---|---|---|---|---|"]
+        uniform = float(np.mean(loc["uniform_iou"])) if loc["uniform_iou"] else float("nan")
+        for level in sorted(loc["noun_iou"]):
+            lines.append(f"| {level} | {np.mean(loc['noun_iou'][level]):.3f} | "
+                         f"{np.mean(loc['colour_iou'].get(level, [np.nan])):.3f} | "
+                         f"{np.mean(loc['noun_hit'][level]):.3f} | {uniform:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def grid_picture(path: Path, cells: dict, configs: list[Config], prompts, size: int) -> None:
+    """rows = prompts, columns = configs; each cell: the first sample and, under it, its nouns' maps."""
+    from PIL import Image, ImageDraw
+
+    cols = [c.name for c in configs if c.official]
+    rows = sorted({p for p, _ in cells})
+    label_h, map_h = 14, size // 2
+    cell_h = size + map_h
+    canvas = Image.new("RGB", (len(cols) * size, label_h + len(rows) * (cell_h + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, name in enumerate(cols):
+        draw.text((j * size + 2, 1), name[:20], fill=(0, 0, 0))
+    for i, p in enumerate(rows):
+        y0 = label_h + i * (cell_h + label_h)
+        draw.text((2, y0 + 1), prompts[p].caption[:100], fill=(0, 0, 0))
+        for j, name in enumerate(cols):
+            if (p, name) not in cells:
+                continue
+            image, maps = cells[(p, name)]
+            canvas.paste(Image.fromarray(image), (j * size, y0 + label_h))
+            for k, m in enumerate(maps):
+                w = size // max(len(maps), 1)
+                m = (255 * (m - m.min()) / max(float(m.max() - m.min()), 1e-8)).astype(np.uint8)
+                tile = Image.fromarray(m).resize((w, map_h), Image.NEAREST).convert("RGB")
+                canvas.paste(tile, (j * size + k * w, y0 + label_h + size))
+    canvas.save(path)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="12 two- + 6 three-object prompts × 2 samples, official "
+                                                          "configurations, a smaller localisation check")
+    ap.add_argument("--n-two", type=int, default=100)
+    ap.add_argument("--n-three", type=int, default=50)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=5.0)
+    ap.add_argument("--sampler", default="euler")
+    ap.add_argument("--scheduler", default="normal")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--level", type=int, default=LEVEL, choices=(8, 16),
+                    help="maps the methods read, as an image divisor: 16 = 8×8 (default, the workflows'), 8 = 16×16")
+    ap.add_argument("--methods", default="", help="comma-separated config names (default: all)")
+    ap.add_argument("--sweep", default="", help="strength factors, e.g. 0.25,0.5,2,4 (each method at ×factor)")
+    ap.add_argument("--fast", action="store_true", help="also the gradient methods in fast mode")
+    ap.add_argument("--loc-prompts", type=int, default=60, help="prompts for the localisation check (0: skip)")
+    ap.add_argument("--loc-denoise", type=float, default=0.6)
+    ap.add_argument("--grid-prompts", type=int, default=6)
+    ap.add_argument("--ckpt", default=TOY_FILE)
+    ap.add_argument("--prompt-seed", type=int, default=0, help="evaluation prompt set (0: the held-out set)")
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--out", default=str(ROOT / "out" / "toy_benchmark"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n_two, args.n_three, args.samples, args.loc_prompts, args.sweep = 12, 6, 2, 12, ""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from toy import scenes
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = scenes.evaluation_prompts(n_two=args.n_two, n_three=args.n_three, seed=args.prompt_seed)
+    configs = official_configs(args.level) + (fast_configs(args.level) if args.fast else []) + \
+        (sweep_configs([float(f) for f in args.sweep.split(",")], args.level) if args.sweep else [])
+    if args.methods:
+        wanted = args.methods.split(",")
+        unknown = sorted(set(wanted) - {c.name for c in configs})
+        if unknown:
+            sys.exit(f"--methods: unknown {unknown}; known: {', '.join(c.name for c in configs)}")
+        configs = [c for c in configs if c.name in wanted or c.name == "unguided"]
+    settings = {k: getattr(args, k) for k in ("samples", "steps", "cfg", "sampler", "scheduler", "size", "ckpt",
+                                               "prompt_seed", "level")}
+    log_path = out / "images.jsonl"
+    rows: list[dict] = []
+    if log_path.exists():                                                   # resume: keep rows of these settings
+        rows = [r for r in map(json.loads, log_path.read_text().splitlines()) if r.get("settings") == settings]
+    done = {(r["prompt"], r["config"]) for r in rows}
+    toy = Toy(args)
+    grid_cells: dict = {}
+    total = len(prompts) * len(configs)
+    t_start = time.perf_counter()
+    with open(log_path, "a", encoding="utf-8") as log:
+        for i, prompt in enumerate(prompts):
+            ta = positive = None
+            for c in configs:
+                wants_grid = i < args.grid_prompts and c.official
+                if (i, c.name) in done and not wants_grid:
+                    continue
+                if ta is None:
+                    ta, positive = toy.encode(prompt.caption)
+                images, seconds, record, maps = toy.sample(c, prompt, ta, positive, seed=i)
+                if wants_grid:
+                    labels = [w.text for w in ta.words]
+                    nouns = [ta.words[labels.index(m.shape)].positions[0] for m in prompt.mentions]
+                    # Attention Modulation has no level input: its run records the model's default level
+                    shown = None if maps is None else (args.level if args.level in maps.levels() else maps.levels()[0])
+                    noun_maps = [] if maps is None else [maps.mean(shown)[0, p].numpy() for p in nouns]
+                    grid_cells[(i, c.name)] = (images[0], noun_maps)
+                if (i, c.name) in done:
+                    continue
+                for j, judged in enumerate(judge_images(images, prompt, args.size)):
+                    row = {"settings": settings, "prompt": i, "caption": prompt.caption, "kind": prompt.kind,
+                           "objects": len(prompt.mentions), "config": c.name, "sample": j, "seconds": seconds,
+                           **judged, **loss_summary(record)}
+                    rows.append(row)
+                    log.write(json.dumps(row) + "\n")
+                log.flush()
+                done.add((i, c.name))
+                k = len(done)
+                eta = (time.perf_counter() - t_start) / max(k, 1) * (total - k)
+                print(f"[{k}/{total}] prompt {i} {c.name}: {seconds:.1f} s, correct "
+                      f"{sum(r['correct'] for r in rows[-args.samples:])}/{args.samples}; ETA {eta / 60:.0f} min",
+                      flush=True)
+    loc = localisation(toy, prompts[:args.loc_prompts], denoise=args.loc_denoise) if args.loc_prompts else None
+    table = summarise(rows, configs)
+    text = markdown(table, loc, args)
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({"settings": settings, "table": table, "localisation": loc},
+                                                 indent=1, default=str))
+    if grid_cells:
+        grid_picture(out / "grid.png", grid_cells, configs, prompts, args.size)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
