@@ -90,7 +90,7 @@ def test_show_tokens_text_is_drawn_on_the_node(page, host, tiny_ckpt):
 def test_the_pack_has_one_name_in_category_badge_and_titles(page):
     defs = page.server.get("/object_info")
     ours = {k: v for k, v in defs.items() if k.startswith("AttentionAlign")}
-    assert len(ours) == 11
+    assert len(ours) == 13
     page.load(json.loads((ROOT / "example_workflows" / "attention_modulation_sd15.json").read_text()))
     badges = {b for n in page.nodes() if n["type"].startswith("AttentionAlign") for b in n["badges"]}
     (name,) = badges
