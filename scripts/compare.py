@@ -333,7 +333,20 @@ def job_prompt(t: Template, schemas: Schemas, item: PromptItem, seed: int, confi
     save, rep = _new_id(p, "aa_save"), _new_id(p, "aa_report")
     p[save] = {"class_type": "SaveImage", "inputs": {"images": [t.decode_node, 0], "filename_prefix": prefix}}
     p[rep] = {"class_type": "AttentionAlignReport", "inputs": report}
-    return p, save, rep
+    return _needed_by(p, [save, rep]), save, rep
+
+
+def _needed_by(p: dict, roots: list[str]) -> dict:
+    """Only the nodes the roots depend on: a template's other branches (a Visualize Attention that plotted the
+    template's own loss, a preview) would run in-process, or read outputs the swapped nodes do not have."""
+    keep, todo = set(), list(roots)
+    while todo:
+        nid = todo.pop()
+        if nid in keep:
+            continue
+        keep.add(nid)
+        todo += [v[0] for v in p[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2 and v[0] in p]
+    return {nid: n for nid, n in p.items() if nid in keep}
 
 
 def validate_configs(configs: list[MethodConfig], schemas: Schemas) -> None:

@@ -173,6 +173,22 @@ def test_a_job_prompt_sets_prompt_seed_method_and_replaces_the_outputs():
     assert p[rep]["inputs"]["attention_maps"] == [cap, 1] and p[rep]["inputs"]["latent"] == ["6", 0]
 
 
+def test_a_jobs_prompt_drops_the_templates_other_branches():
+    """A Visualize Attention plotting the template's loss (not an output node) would run in-process and fail on a
+    method without a loss, or read an output the stock KSampler does not have: only what Save Image and the report
+    need stays, and every link points to a node that is there."""
+    t, schemas = guided_template(), compare.Schemas(SCHEMA)
+    t.prompt["9"] = {"class_type": "AttentionAlignVisualize", "inputs": {
+        "guidance_log": ["6", 2], "attention_maps": ["6", 1], "image": ["7", 0]}}
+    item = PromptItem(0, "a red circle and a blue square", "circle, square", "red circle; blue square")
+    for config in (compare.MethodConfig("unguided", "unguided"), compare.MethodConfig("ae", "attend_excite")):
+        p, save, rep = compare.job_prompt(t, schemas, item, 0, config, "pre")
+        assert "9" not in p and {save, rep} <= set(p)
+        links = [v for n in p.values() for v in n["inputs"].values() if isinstance(v, list) and len(v) == 2]
+        assert all(v[0] in p for v in links), links
+    assert "9" in t.prompt                                                             # the template is untouched
+
+
 # ------------------------------------------------------------------------------------- running over servers
 class FakeServer:
     """A backend whose runs return a fixed image per job; it can die after some jobs or fail some of them."""
