@@ -61,7 +61,6 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
         from toy.model import TOY_CONFIG
 
         cfg = dict(TOY_CONFIG["unet"])
-        cfg.pop("image_size", None)
     else:
         cfg = tiny_checkpoint.unet_config(arch)
     unet = UNetModel(**cfg, dtype=torch.float32, device="meta", operations=comfy.ops.disable_weight_init)

@@ -30,6 +30,8 @@ def test_truncation_flops_follow_the_forward_order(host):
     assert coarse["full"] == fine["full"] > fine["truncated"] > coarse["truncated"] > 0
     assert coarse["last_layer"] == ("output", 1, 0) and fine["last_layer"] == ("output", 3, 0)
     assert 0 < coarse["backward"] < coarse["full"]
+    toy = flops.unet_flops("toy", 128, 16)                  # the shipped toy model's architecture (its 8×8 level)
+    assert toy["full"] > toy["truncated"] > 0 and 0 < toy["backward"] < toy["full"]
 
 
 def test_benchmark_runs_and_reports_every_method(comfy_path, tmp_path):
