@@ -1,6 +1,7 @@
 """Throughput of scripts/compare.py with 1, 2, 3 … local ComfyUI servers on the same job set.
 
     .venv/bin/python benchmarks/compare_scaling.py --servers 1,2,3 --prompts 12
+    .venv/bin/python benchmarks/compare_scaling.py --servers 1,2 --threads 1     # one core per server
 
 Starts the servers (``main.py --cpu`` on 127.0.0.1, the pack installed, the toy model), warms each up with one job,
 then runs the same jobs (``--prompts`` toy prompts × 1 seed × unguided and Attend-and-Excite, at the toy workflow's
@@ -26,6 +27,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", default="1,2,3", help="server counts to measure")
     ap.add_argument("--prompts", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads per server (0: torch's default, every core); with servers × threads ≤ "
+                         "cores the servers do not compete for cores")
     ap.add_argument("--workflow", default=str(ROOT / "example_workflows" / "attend_and_excite_toy.json"))
     a = ap.parse_args(argv)
     import compare
@@ -35,7 +39,7 @@ def main(argv=None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aa_scaling_"))
     methods = tmp / "methods.json"
     methods.write_text(json.dumps([{"method": "unguided"}, {"method": "attend_excite"}]))
-    servers = [ComfyServer(tmp / f"server{k}") for k in range(max(counts))]
+    servers = [ComfyServer(tmp / f"server{k}", threads=a.threads) for k in range(max(counts))]
     for s in servers:
         s.start()
     try:
@@ -57,7 +61,8 @@ def main(argv=None) -> None:
         for n, images, seconds, rc in rows:
             rate = images / seconds
             print(f"{n:7d} {images:6d} {seconds:8.1f} {60 * rate:10.1f} {rate / base:8.2f}{'' if rc == 0 else '  (errors)'}")
-        print(f"machine: {os.cpu_count()} CPU cores, no GPU (each server runs ComfyUI with --cpu)")
+        print(f"machine: {os.cpu_count()} CPU cores, no GPU (each server runs ComfyUI with --cpu, "
+              f"{a.threads or 'default'} torch threads)")
     finally:
         for s in servers:
             s.stop()

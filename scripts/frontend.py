@@ -60,7 +60,8 @@ class ComfyServer:
     """``main.py --cpu`` on 127.0.0.1 with a private base directory; use as a context manager."""
 
     def __init__(self, base_dir: Path, comfy_path: Path | None = None, checkpoints: dict[str, Path] | None = None,
-                 python: str = sys.executable):
+                 python: str = sys.executable, threads: int = 0):
+        self.threads = threads                       # > 0: the server's torch CPU threads (OMP_NUM_THREADS)
         self.comfy_path = Path(comfy_path or find_comfyui())
         self.base_dir = Path(base_dir)
         for sub in ("custom_nodes", "models/checkpoints", "output", "input", "temp", "user/default"):
@@ -82,7 +83,8 @@ class ComfyServer:
         self.proc = subprocess.Popen(
             [self.python, str(self.comfy_path / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(self.base_dir), "--disable-auto-launch", "--preview-method", "none"],
-            cwd=self.comfy_path, stdout=log, stderr=subprocess.STDOUT)
+            cwd=self.comfy_path, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": str(self.threads)} if self.threads > 0 else None)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
