@@ -169,9 +169,6 @@ class Schemas:
                 out[name] = _options(spec)[0]
         return out
 
-    def is_output(self, class_type: str) -> bool:
-        return bool(self.info.get(class_type, {}).get("output_node"))
-
     def check_value(self, class_type: str, name: str, value, where: str) -> None:
         spec = dict(self.input_order(class_type)).get(name)
         if spec is None:
@@ -283,9 +280,7 @@ def _new_id(prompt: dict, stem: str) -> str:
 def job_prompt(t: Template, schemas: Schemas, item: PromptItem, seed: int, config: MethodConfig,
                prefix: str) -> tuple[dict, str, str]:
     """The API prompt of one job; returns (prompt, id of its Save Image node, id of its Attention Report)."""
-    p = json.loads(json.dumps(t.prompt))
-    for nid in [nid for nid, n in p.items() if schemas.is_output(n["class_type"])]:
-        del p[nid]                                               # the template's own outputs are not needed
+    p = json.loads(json.dumps(t.prompt))              # a copy; what the job does not need is dropped at the end
     p[t.text_node]["inputs"]["text"] = item.text
     for n in p.values():
         for key in ("seed", "noise_seed"):
@@ -306,10 +301,7 @@ def job_prompt(t: Template, schemas: Schemas, item: PromptItem, seed: int, confi
         cap = _new_id(p, "aa_capture")
         p[cap] = {"class_type": "AttentionAlignCaptureCrossAttention",
                   "inputs": {"model": model_src, "levels": 0, "record_steps": False}}
-        p[sampler]["inputs"]["model"] = [cap, 0]
-        for nid in (t.guided_node, t.method_node):
-            if nid != sampler:
-                p.pop(nid, None)
+        p[sampler]["inputs"]["model"] = [cap, 0]                  # the method (and Apply Guidance) now unused
         report.update(attention_maps=[cap, 1], latent=[sampler, 0])
     else:
         node = config.node
@@ -337,8 +329,9 @@ def job_prompt(t: Template, schemas: Schemas, item: PromptItem, seed: int, confi
 
 
 def _needed_by(p: dict, roots: list[str]) -> dict:
-    """Only the nodes the roots depend on: a template's other branches (a Visualize Attention that plotted the
-    template's own loss, a preview) would run in-process, or read outputs the swapped nodes do not have."""
+    """Only the nodes the roots depend on. This drops the template's own outputs, the method and Apply Guidance nodes
+    an unguided job no longer uses, and any other branch (a Visualize Attention that plotted the template's loss would
+    run in-process, and fail on a method without a loss or read an output the stock KSampler does not have)."""
     keep, todo = set(), list(roots)
     while todo:
         nid = todo.pop()
