@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PROMPT = "a red car and a blue bench"
 WORDS = {"subjects": "car, bench", "groups": "red car; blue bench"}
+TOY_CKPT = "attention-align/toy_shapes.safetensors"            # the shipped file, as Load Toy Model lists it
 TOY_PROMPT = "a red circle and a blue square"
 TOY_WORDS = {"subjects": "circle, square", "groups": "red circle; blue square"}
 METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_refine", "attend_excite_fast", "syngen",
@@ -102,6 +103,22 @@ def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = N
     raise ValueError(f"unknown method {name}; choose from {', '.join(METHODS)}")
 
 
+def load_model(host, arch: str):
+    """``(model, clip, prompt, level, words)``: the pack's trained toy model with its own words, or a random-weight
+    model of ``arch`` built from ComfyUI's classes (no file written) with the benchmark's prompt."""
+    if arch == "toy":
+        model, clip, _vae = host.node_class("AttentionAlignLoadToyModel").execute(TOY_CKPT).args
+        return model, clip, TOY_PROMPT, 16, TOY_WORDS
+    import comfy.sd
+    import folder_paths
+    import tiny_checkpoint
+
+    sd = tiny_checkpoint.random_state_dict(arch, fp16=True)
+    model, clip, _vae, _ = comfy.sd.load_state_dict_guess_config(
+        sd, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    return model, clip, PROMPT, 32, WORDS
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="tiny", help="tiny or toy (CPU), sd15_full or sdxl_full (random weights)")
@@ -118,7 +135,6 @@ def main() -> None:
 
     import flops
     import headless
-    import tiny_checkpoint
     import torch
 
     cuda = torch.cuda.is_available() and not a.cpu
@@ -126,21 +142,10 @@ def main() -> None:
     if comfy is None:
         sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
     host = headless.ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_bench_")), cpu=not cuda)
-    import comfy.sd
-    import folder_paths
     import nodes as comfy_nodes
 
     t0 = time.perf_counter()
-    if a.arch == "toy":                                            # the pack's trained toy model, its own words
-        model, clip, _vae = host.node_class("AttentionAlignLoadToyModel").execute(
-            "attention-align/toy_shapes.safetensors").args
-        prompt, level, words = TOY_PROMPT, 16, TOY_WORDS
-    else:
-        sd = tiny_checkpoint.random_state_dict(a.arch, fp16=True)
-        model, clip, _vae, _ = comfy.sd.load_state_dict_guess_config(
-            sd, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
-        del sd
-        prompt, level, words = PROMPT, 32, WORDS
+    model, clip, prompt, level, words = load_model(host, a.arch)
     print(f"model {a.arch}: built and loaded in {time.perf_counter() - t0:.0f} s; device "
           f"{torch.cuda.get_device_name() if cuda else 'CPU'}; UNet dtype {model.model.get_dtype()}")
     ta, _, positive = host.node_class("AttentionAlignTextSelfAttention").execute(clip, prompt, "auto", 3.0).args

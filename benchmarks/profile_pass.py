@@ -39,17 +39,7 @@ def main(argv=None) -> None:
     host = headless.ComfyHost(headless.find_comfyui(), Path(tempfile.mkdtemp(prefix="aa_profile_")))
     import nodes as comfy_nodes
 
-    if a.arch == "toy":
-        model, clip, _ = host.node_class("AttentionAlignLoadToyModel").execute(
-            "attention-align/toy_shapes.safetensors").args
-        prompt, level, words = bench_methods.TOY_PROMPT, 16, bench_methods.TOY_WORDS
-    else:
-        import tiny_checkpoint
-
-        path = host.checkpoint_path("tiny.safetensors")
-        tiny_checkpoint.build(str(path), layout="tiny", fp16=True, seed=0)
-        model, clip, _ = comfy_nodes.CheckpointLoaderSimple().load_checkpoint("tiny.safetensors")[:3]
-        prompt, level, words = bench_methods.PROMPT, 32, bench_methods.WORDS
+    model, clip, prompt, level, words = bench_methods.load_model(host, a.arch)
     ta, _, positive = host.node_class("AttentionAlignTextSelfAttention").execute(clip, prompt, "auto", 3.0).args
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     guided = host.pack_module("nodes._guided")
