@@ -113,23 +113,23 @@ def layer_call(q: torch.Tensor, extra_options: dict[str, Any]) -> LayerCall:
         size = _size_from_tokens(n, int(latent[-2]), int(latent[-1]))
     if size[0] * size[1] != n:
         raise RuntimeError(f"attn2 layer {block}: {n} queries do not tile a {size[0]}×{size[1]} map")
-    sigmas = extra_options.get("sigmas")
-    pass_opts = extra_options.get(PASS_KEY) or {}
+    return LayerCall(block=(block[0], int(block[1])), depth=int(extra_options.get("block_index", 0)), size=size,
+                     latent_size=(int(latent[-2]), int(latent[-1])), **pass_fields(extra_options))
+
+
+def pass_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`LayerCall` fields every kind of layer reads from the pass's ``transformer_options``: batch chunk
+    order, σ and schedule, which kind of pass it is, the run's prompt length, another pack's shuffled pass."""
+    sigmas = options.get("sigmas")
+    pass_opts = options.get(PASS_KEY) or {}
     session = pass_opts.get("session")
-    return LayerCall(
-        block=(block[0], int(block[1])),
-        depth=int(extra_options.get("block_index", 0)),
-        size=size,
-        latent_size=(int(latent[-2]), int(latent[-1])),
-        cond_or_uncond=tuple(int(c) for c in extra_options.get("cond_or_uncond", (0,))),
-        sigma=first_value(sigmas) if sigmas is not None else None,
-        sample_sigmas=extra_options.get("sample_sigmas"),
-        grad_pass=bool(pass_opts.get("grad_pass", False)),
-        sampler_pass=bool(pass_opts.get("sampler_pass", not pass_opts.get("grad_pass", False))),
-        prompt_tokens=getattr(getattr(session, "info", None), "context_tokens", None),
-        shuffled=bool(extra_options.get("tpg", False)),
-        options=extra_options,
-    )
+    return dict(cond_or_uncond=tuple(int(c) for c in options.get("cond_or_uncond", (0,))),
+                sigma=first_value(sigmas) if sigmas is not None else None,
+                sample_sigmas=options.get("sample_sigmas"),
+                grad_pass=bool(pass_opts.get("grad_pass", False)),
+                sampler_pass=bool(pass_opts.get("sampler_pass", not pass_opts.get("grad_pass", False))),
+                prompt_tokens=getattr(getattr(session, "info", None), "context_tokens", None),
+                shuffled=bool(options.get("tpg", False)), options=options)
 
 
 def _size_from_tokens(n: int, lat_h: int, lat_w: int) -> tuple[int, int]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .tokens import Word, display_piece, find_eos, group_words
+from .tokens import Word, display_piece, find_eos, find_sp_eos, group_sp_words, group_words, sp_display
 
 
 def text_attention_from_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, heads: int) -> torch.Tensor:
@@ -25,16 +25,16 @@ def text_attention_from_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Ten
     return scores.softmax(dim=-1)
 
 
-def tsam_target(mean_attention: torch.Tensor, eos_index: int, *, gamma: float = 3.0) -> torch.Tensor:
+def tsam_target(mean_attention: torch.Tensor, eos_index: int, *, gamma: float = 3.0, start: int = 1) -> torch.Tensor:
     """T-SAM's target T̂ from the head- and layer-averaged text self-attention (T-SAM §3.2, released config).
 
-    mean_attention: ``[T, T]``. Drops bos (the attention sink), eos and padding (``[1:eos, 1:eos]``), raises to γ
-    and renormalises each row: ``T̂ = T^γ / (rowsum + 1e-7)``. Returns ``[L, L]`` with L = eos − 1, lower-triangular
-    because the encoder is causal.
+    mean_attention: ``[T, T]``. Drops bos (the attention sink), eos and padding (``[start:eos, start:eos]``; CLIP's
+    prompt starts at 1, after bos, T5's at 0), raises to γ and renormalises each row: ``T̂ = T^γ / (rowsum + 1e-7)``.
+    Returns ``[L, L]`` with L = eos − start; lower-triangular for CLIP, whose encoder is causal, full for T5.
     """
-    if eos_index < 2:
-        raise ValueError("the prompt has no tokens between <|startoftext|> and <|endoftext|>")
-    t = mean_attention[1:eos_index, 1:eos_index].float() ** gamma
+    if eos_index - start < 1:
+        raise ValueError("the prompt has no tokens before its end token")
+    t = mean_attention[start:eos_index, start:eos_index].float() ** gamma
     return t / (t.sum(dim=-1, keepdim=True) + 1e-7)
 
 
@@ -42,11 +42,13 @@ def tsam_target(mean_attention: torch.Tensor, eos_index: int, *, gamma: float = 
 class TextAttention:
     """What the text self-attention node hands downstream (the ``TEXT_ATTENTION`` type).
 
-    ``probs`` is ``[layers, heads, T, T]`` float32 on the CPU for the prompt's first (only) 77-token chunk;
-    ``pieces`` are the decoded BPE pieces of that chunk (``<embedding>`` for an embedding vector).
+    ``probs`` is ``[layers, heads, T, T]`` float32 on the CPU for the prompt's first (only) 77-token chunk (T5: its
+    one sequence); ``pieces`` are the decoded pieces of that chunk (BPE for CLIP, ``<embedding>`` for an embedding
+    vector; SentencePiece for T5). Word positions are positions in the *model's* context: ``offset`` is where this
+    encoder's token 0 sits there (SD3's T5 follows 77 CLIP tokens; 0 otherwise).
     """
 
-    encoder: str                      # "clip_l", "clip_g" or "clip_h": which text encoder this came from
+    encoder: str                      # "clip_l", "clip_g", "clip_h" or "t5xxl": which text encoder this came from
     prompt: str
     probs: torch.Tensor               # [layers, heads, T, T]
     pieces: list[str]
@@ -54,26 +56,51 @@ class TextAttention:
     gamma: float = 3.0
     context: torch.Tensor | None = None  # the encoded prompt [1, T, C] this attention came from (CPU, float32)
     embeddings: list[tuple[str, int]] = field(default_factory=list)  # (name, vectors) of embeddings, in order
+    offset: int = 0                   # position of this encoder's token 0 in the model's context
     eos_index: int = field(init=False)
     words: list[Word] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.eos_index = find_eos(self.pieces)
-        self.words = group_words(self.pieces, self.eos_index, self.embeddings)
+        if self.sentencepiece:
+            self.eos_index = find_sp_eos(self.pieces)
+            self.words = group_sp_words(self.pieces, self.eos_index, offset=self.offset)
+        else:
+            if self.offset:
+                raise ValueError(f"text attention of {self.encoder}: a CLIP prompt starts the context (offset 0), "
+                                 f"not at {self.offset}")
+            self.eos_index = find_eos(self.pieces)
+            self.words = group_words(self.pieces, self.eos_index, self.embeddings)
+
+    @property
+    def sentencepiece(self) -> bool:
+        """T5's SentencePiece tokens (no start token) rather than CLIP's byte-level BPE."""
+        return self.encoder == "t5xxl"
+
+    @property
+    def start(self) -> int:
+        """Position of the prompt's first token in the encoder's sequence: 1 after CLIP's bos, 0 for T5."""
+        return 0 if self.sentencepiece else 1
 
     @property
     def num_prompt_tokens(self) -> int:
-        """L: the number of tokens between bos and eos."""
-        return self.eos_index - 1
+        """L: the number of the prompt's tokens (between bos and eos)."""
+        return self.eos_index - self.start
+
+    @property
+    def prompt_slice(self) -> slice:
+        """The prompt's tokens in the model's context (what the maps' token axis is indexed with)."""
+        return slice(self.offset + self.start, self.offset + self.eos_index)
 
     @property
     def prompt_pieces(self) -> list[str]:
-        """The pieces at positions 1..L (what the rows and columns of T̂ are)."""
-        return self.pieces[1:self.eos_index]
+        """The prompt's pieces (what the rows and columns of T̂ are)."""
+        return self.pieces[self.start:self.eos_index]
 
     @property
     def prompt_labels(self) -> list[str]:
-        """The prompt pieces as a person reads them (decoded text, no ``</w>``): labels for plots and lists."""
+        """The prompt pieces as a person reads them (decoded text, no ``</w>`` or ``▁``): labels for plots."""
+        if self.sentencepiece:
+            return [sp_display([p]) or p for p in self.prompt_pieces]
         return [display_piece(p) for p in self.prompt_pieces]
 
     def mean_attention(self) -> torch.Tensor:
@@ -82,4 +109,5 @@ class TextAttention:
 
     def target(self, gamma: float | None = None) -> torch.Tensor:
         """T̂ ``[L, L]`` (see :func:`tsam_target`), with this node's γ unless another is given."""
-        return tsam_target(self.mean_attention(), self.eos_index, gamma=self.gamma if gamma is None else gamma)
+        return tsam_target(self.mean_attention(), self.eos_index, gamma=self.gamma if gamma is None else gamma,
+                           start=self.start)

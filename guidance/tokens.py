@@ -176,3 +176,60 @@ def resolve_words(spec: str, words: list[Word], input_name: str = "words") -> li
         if word not in out:
             out.append(word)
     return out
+
+
+# -- SentencePiece (T5: Flux's context, the second part of SD3's) ----------------------------------------------------
+#: T5's end and padding pieces; SentencePiece marks the start of a word with U+2581 and has no start token
+SP_EOS_PIECE = "</s>"
+SP_PAD_PIECE = "<pad>"
+SP_WORD_START = "\u2581"
+
+
+def sp_display(pieces: list[str] | tuple[str, ...]) -> str:
+    """The text SentencePiece pieces spell: word-start marks become spaces (``["▁car", "s"]`` → ``"cars"``)."""
+    return "".join(pieces).replace(SP_WORD_START, " ").strip()
+
+
+def find_sp_eos(pieces: list[str]) -> int:
+    """Index of T5's first ``</s>`` (the prompt is ``pieces[:eos]``); raises if there is none."""
+    for i, p in enumerate(pieces):
+        if p == SP_EOS_PIECE:
+            return i
+    raise ValueError(f"token sequence has no {SP_EOS_PIECE}: {pieces[:8]}…")
+
+
+def _punctuation(piece: str) -> bool:
+    text = piece.replace(SP_WORD_START, "")
+    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+
+
+def group_sp_words(pieces: list[str], eos_index: int, *, offset: int = 0) -> list[Word]:
+    """Group T5's pieces before ``</s>`` into words, positions shifted by ``offset`` (where T5's first token sits in
+    the model's context: 0 for Flux, after the CLIP tokens for SD3).
+
+    A word starts at a piece that begins with ``▁``; punctuation is a word of its own, as CLIP's tokenizer makes
+    it (``"car,"`` → ``car``, ``,``), so ``car, bench`` names the same words on every encoder. A bare ``▁`` (before
+    a digit or a symbol) belongs to the piece after it.
+    """
+    words: list[Word] = []
+    seen: dict[str, int] = {}
+    current: list[int] = []
+
+    def close() -> None:
+        text = normalise(sp_display([pieces[i] for i in current]))
+        if text:
+            seen[text] = seen.get(text, 0) + 1
+            words.append(Word(text, tuple(offset + i for i in current), seen[text]))
+        current.clear()
+
+    for i in range(eos_index):
+        piece = pieces[i]
+        bare_start = len(current) == 1 and pieces[current[0]] == SP_WORD_START
+        starts = piece.startswith(SP_WORD_START) or _punctuation(piece) or \
+            (current and _punctuation(pieces[current[-1]]))
+        if current and starts and not bare_start:
+            close()
+        current.append(i)
+    if current:
+        close()
+    return words

@@ -1,8 +1,9 @@
 """Reading the text encoder's self-attention during one encode, and decoding its tokens.
 
-ComfyUI's CLIP layers call their attention kernel directly (no patch point, no transformer_options), so the
-probabilities are recomputed from each ``CLIPAttention``'s own q/k projections in a forward hook. The hooks sit on
-the shared, cached encoder module and are removed in ``finally``, also when encoding fails.
+ComfyUI's text encoders call their attention kernel directly (no patch point, no transformer_options), so the
+probabilities are recomputed from each attention module's own q/k projections in a forward hook (CLIP's
+``CLIPAttention``; T5's ``T5Attention``, with its relative-position bias). The hooks sit on the shared, cached
+encoder module and are removed in ``finally``, also when encoding fails.
 """
 from __future__ import annotations
 
@@ -11,22 +12,32 @@ from contextlib import contextmanager
 import torch
 
 from ..guidance.text_attention import text_attention_from_scores
-from ..guidance.tokens import BOS_PIECE, EMBEDDING_PIECE, EOS_PIECE
+from ..guidance.tokens import BOS_PIECE, EMBEDDING_PIECE, EOS_PIECE, SP_EOS_PIECE
 
-ENCODER_KEYS = {"clip_l": "l", "clip_g": "g", "clip_h": "h"}
+ENCODER_KEYS = {"clip_l": "l", "clip_g": "g", "clip_h": "h", "t5xxl": "t5xxl"}
+
+
+def t5_only_context(clip, tokens: dict) -> bool:
+    """Whether the model's context is T5's output alone (Flux: CLIP-L only gives the pooled vector)."""
+    return "t5xxl" in tokens and "g" not in tokens and getattr(clip.cond_stage_model, "t5xxl", None) is not None
 
 
 def encoder_for(clip, tokens: dict, choice: str, input_name: str = "encoder") -> str:
-    """The encoder attribute (``clip_l``…) to read: ``choice`` or, for ``auto``, clip_l when present, else the only one."""
+    """The encoder attribute (``clip_l``…, ``t5xxl``) to read: ``choice``, or for ``auto`` T5 when the CLIP has one
+    (Flux, SD3: the context's long, descriptive part), else clip_l when present, else the only one."""
     available = [name for name, key in ENCODER_KEYS.items()
-                 if key in tokens and hasattr(clip.cond_stage_model, name)]
+                 if key in tokens and getattr(clip.cond_stage_model, name, None) is not None]
     if not available:
-        raise ValueError(f"clip: no CLIP text encoder (clip_l, clip_g, clip_h) found in this text encoder "
-                         f"(it tokenizes for {sorted(tokens)}); Attention Align supports SD1.x, SD2.x and SDXL")
+        raise ValueError(f"clip: no supported text encoder (clip_l, clip_g, clip_h, t5xxl) found in this text encoder "
+                         f"(it tokenizes for {sorted(tokens)}); Attention Align supports the text encoders of SD1.x, "
+                         "SD2.x, SDXL, Flux and SD3/SD3.5")
     if choice == "auto":
-        return "clip_l" if "clip_l" in available else available[0]
+        return "t5xxl" if "t5xxl" in available else "clip_l" if "clip_l" in available else available[0]
     if choice not in available:
         raise ValueError(f"{input_name}: '{choice}' is not part of this CLIP; available: {', '.join(available)}")
+    if choice != "t5xxl" and t5_only_context(clip, tokens):
+        raise ValueError(f"{input_name}: with this CLIP (Flux) the model reads T5's tokens only; {choice} gives just "
+                         "the pooled vector, so its tokens have no maps. Use t5xxl or auto.")
     return choice
 
 
@@ -45,18 +56,19 @@ def decode_chunk(clip, encoder: str, chunk: list) -> tuple[list[str], list[int |
         else:
             pieces.append(inv.get(token, f"<{token}>"))
             ids.append(token)
-    if pieces[0] != BOS_PIECE:
+    if encoder != "t5xxl" and pieces[0] != BOS_PIECE:
         raise ValueError(f"clip: unexpected first token {pieces[0]!r} (expected {BOS_PIECE})")
     return pieces, ids
 
 
 def prompt_token_count(clip, encoder: str, chunks: list) -> int:
-    """Prompt tokens (between bos and eos) over all 77-token chunks."""
+    """Prompt tokens (between bos and eos; T5: before its end token) over all chunks."""
+    start, end = (0, SP_EOS_PIECE) if encoder == "t5xxl" else (1, EOS_PIECE)
     total = 0
     for chunk in chunks:
         pieces, _ = decode_chunk(clip, encoder, chunk)
-        eos = next((i for i, p in enumerate(pieces[1:], 1) if p == EOS_PIECE), len(pieces))
-        total += eos - 1
+        eos = next((i for i, p in enumerate(pieces[start:], start) if p == end), len(pieces))
+        total += eos - start
     return total
 
 
@@ -68,6 +80,10 @@ def record_text_attention(clip, encoder: str):
     prompt's first chunk) at the layer's first call; later calls (a weighted prompt's empty row, scheduled
     re-encodes) are ignored.
     """
+    if encoder == "t5xxl":
+        with _record_t5_attention(clip) as recorded:
+            yield recorded
+        return
     layers = getattr(clip.cond_stage_model, encoder).transformer.text_model.encoder.layers
     recorded: list[torch.Tensor | None] = [None] * len(layers)
 
@@ -87,6 +103,37 @@ def record_text_attention(clip, encoder: str):
     try:
         for i, layer in enumerate(layers):
             handles.append(layer.self_attn.register_forward_hook(make_hook(i)))
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _record_t5_attention(clip):
+    """:func:`record_text_attention` for ComfyUI's T5 encoder (``T5Attention``, bidirectional): the scores are
+    ``q·kᵀ`` (T5 does not scale them; ComfyUI multiplies k by √d before its kernel divides by it) plus the call's
+    mask and the relative-position bias the layer returns."""
+    blocks = clip.cond_stage_model.t5xxl.transformer.encoder.block
+    recorded: list[torch.Tensor | None] = [None] * len(blocks)
+
+    def make_hook(index: int):
+        def hook(module, args, kwargs, output):
+            if recorded[index] is not None:
+                return
+            x = (args[0] if args else kwargs["x"])[:1]
+            mask = kwargs.get("mask", args[1] if len(args) > 1 else None)
+            bias = output[1]
+            total = bias if mask is None else bias + mask[:1]
+            d = module.q.weight.shape[0] // module.num_heads
+            probs = text_attention_from_scores(module.q(x), module.k(x) * d ** 0.5, total, module.num_heads)
+            recorded[index] = probs[0].detach().float().cpu()
+        return hook
+
+    handles = []
+    try:
+        for i, block in enumerate(blocks):
+            handles.append(block.layer[0].SelfAttention.register_forward_hook(make_hook(i), with_kwargs=True))
         yield recorded
     finally:
         for handle in handles:

@@ -9,6 +9,7 @@ from comfy.patcher_extension import WrappersMP
 from ..guidance.maps import CaptureMaps
 from ..guidance.method import AttentionEditGuidance, GradientGuidance
 from ..guidance.session import RunBoard
+from ._dit import attention_layers
 from ._fast import calc_cond_batch_wrapper
 from ._gradient_run import sampler_wrapper
 from ._session import attach
@@ -116,7 +117,7 @@ def edited_model(model, guidance: AttentionEditGuidance) -> tuple[object, RunBoa
 
 def captured_model(model, level: int | None, *, keep_steps: bool = False) -> tuple[object, RunBoard]:
     """Clone ``model`` with a capture of the positive prompt's maps at ``level`` (None: every level)."""
-    every_layer = cross_attention_layers(model)
+    every_layer = attention_layers(model)
     layers = every_layer if level is None else layers_at(every_layer, level)
     m = model.clone()
     board, _ = attach(m, CaptureMaps(keep_steps=keep_steps), level_map(layers), kind="Capture Cross-Attention")

@@ -18,6 +18,7 @@ from comfy_execution.utils import get_executing_context
 
 from ..guidance.attention_patch import PASS_KEY, CrossAttentionReplace
 from ..guidance.session import LayerKey, RunBoard, RunInfo, RunStamp, Session
+from ._dit import add_joint_geometry, is_joint_key, reclaim_joint_blocks
 from ._samplers import sampler_label
 from ._unet import host_attention
 
@@ -54,8 +55,7 @@ class Attachment:
             options.setdefault("transformer_options", {})[PASS_KEY] = {"session": session}
             guider.model_options = options
         try:
-            reclaim_layers(guider.model_options, self.layers,
-                           editing=getattr(self.method, "edits_attention", False))
+            reclaim(guider.model_options, self.layers, editing=getattr(self.method, "edits_attention", False))
             for prepare in self.prepare:
                 prepare(guider.model_options)
             run = self.method.begin(session.info, self.layers)
@@ -141,12 +141,26 @@ def reclaim_layers(model_options: dict, layers, *, editing: bool) -> None:
         replaces["attn2"] = attn2
 
 
+def reclaim(model_options: dict, layers, *, editing: bool) -> None:
+    """Route ``layers`` through the pack in these options: UNet attn2 layers (:func:`reclaim_layers`) or DiT
+    joint-attention blocks (``_dit.reclaim_joint_blocks``; no edit reaches them yet)."""
+    if layers and is_joint_key(next(iter(layers))):
+        if editing:
+            raise ValueError("model: attention edits (Attention Regulation / Modulation) do not support DiT models "
+                             "yet; they work with SD1.x, SD2.x and SDXL")
+        reclaim_joint_blocks(model_options, layers)
+    else:
+        reclaim_layers(model_options, layers, editing=editing)
+
+
 def attach(model_clone, method, layers: Mapping[LayerKey, int], *, kind: str, checks=(),
            prepare=()) -> tuple[RunBoard, Attachment]:
     """Attach ``method`` to ``model_clone`` on ``layers``; returns the board its runs publish to (``kind`` names
     the node in its errors) and the attachment (the key of the method's state in each run's session)."""
     # the router on each layer (in the clone's own options: clone() deep-copied them), taking over another pack's
-    reclaim_layers(model_clone.model_options, layers, editing=getattr(method, "edits_attention", False))
+    reclaim(model_clone.model_options, layers, editing=getattr(method, "edits_attention", False))
+    if layers and is_joint_key(next(iter(layers))):
+        add_joint_geometry(model_clone)                       # where text and image tokens sit, per model call
     board = RunBoard(kind)
     attachment = Attachment(method, layers, board, checks, prepare)
     model_clone.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, attachment)

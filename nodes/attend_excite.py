@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..guidance.attend_excite import attend_excite_guidance
 from . import _inputs
-from ._select import subjects_for
+from ._select import require_clip, subjects_for
 from .types import CATEGORY, GuidanceType
 
 SOFTMAX = ["official", "normalize_eot"]
@@ -53,6 +53,7 @@ class AttendExciteGuidance(io.ComfyNode):
         if softmax not in SOFTMAX:
             raise ValueError(f"softmax: '{softmax}' is not one of {', '.join(SOFTMAX)}")
         ta = text_attention
+        require_clip(ta, "Attend-and-Excite")
         words, text = subjects_for(ta, subjects, parser)
         guidance = attend_excite_guidance([w.positions for w in words], eos_index=ta.eos_index,
                                           normalize_eot=softmax == "normalize_eot",

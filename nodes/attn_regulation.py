@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..guidance.attn_regulation import RegulationSettings
 from ..guidance.method import AttentionEditGuidance
 from . import _inputs
-from ._select import subjects_for
+from ._select import require_clip, subjects_for
 from .types import CATEGORY, GuidanceType
 
 
@@ -47,6 +47,7 @@ class AttentionRegulationGuidance(io.ComfyNode):
     def execute(cls, text_attention, targets: str, parser: str, seed: int, edit_steps: int, iterations: int,
                 learning_rate: float, level: int) -> io.NodeOutput:
         ta = text_attention
+        require_clip(ta, "Attention Regulation")
         words, text = subjects_for(ta, targets, parser, "targets")
         positions = [p for w in words for p in w.positions]
         editor = RegulationSettings(targets=tuple(positions), eos_index=ta.eos_index, seed=seed,

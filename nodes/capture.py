@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ._dit import attention_layers
 from ._guided import captured_model
 from ._inputs import ALL_LEVELS, recorded_level
-from ._unet import cross_attention_layers, layer_levels
+from ._unet import layer_levels
 from .types import CATEGORY, AttentionMapsType
 
 
@@ -20,7 +21,7 @@ class CaptureCrossAttention(io.ComfyNode):
                         "(mean over heads) while any sampler node runs it, without changing the result. Read them "
                         "with the visualisation node after sampling.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet)."),
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet), or Flux / SD3 / SD3.5 (DiT: the image→text block of each joint-attention block, at image ÷16)."),
                 recorded_level("levels", "Which resolution to record."),
                 io.Boolean.Input("record_steps", default=False,
                                  tooltip="Also keep one map per sampler step (σ); off keeps only the mean over all "
@@ -38,7 +39,7 @@ class CaptureCrossAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, levels: int, record_steps: bool) -> io.NodeOutput:
-        available = layer_levels(cross_attention_layers(model))
+        available = layer_levels(attention_layers(model))
         if levels != ALL_LEVELS and levels not in available:
             raise ValueError(f"levels: {levels} is not a cross-attention level of this model; use 0 (all levels) or "
                              f"one of {', '.join(map(str, available))} (image divisors; 32 = 16×16 maps at 512 px)")

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..guidance.method import AttentionEditGuidance
 from ..guidance.modulation import CrossAttentionModulation, ModulationSettings
 from . import _inputs
-from ._select import entities_for
+from ._select import entities_for, require_clip
 from .types import CATEGORY, GuidanceType
 
 
@@ -49,6 +49,7 @@ class AttentionModulationGuidance(io.ComfyNode):
     def execute(cls, text_attention, entities: str, parser: str, temperature: float, temperature_until: float,
                 mask_until: float, noun_weight: float, attribute_weight: float, switch: float) -> io.NodeOutput:
         ta = text_attention
+        require_clip(ta, "Attention Modulation")
         groups, text = entities_for(ta, entities, parser)
         settings = ModulationSettings(temperature, temperature_until, mask_until, noun_weight, attribute_weight,
                                       switch)

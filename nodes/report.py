@@ -14,7 +14,7 @@ from ..guidance.metrics import modifier_noun_overlap, noun_separation, ts_distan
 from ..guidance.session import resolve_record
 from ..guidance.viz import combine_sizes
 from ._inputs import ALL_LEVELS, recorded_level
-from ._select import PARSERS, NothingFound, groups_for, subjects_for
+from ._select import PARSERS, NothingFound, groups_for, require_clip, subjects_for
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
 
@@ -93,6 +93,7 @@ class AttentionReport(io.ComfyNode):
         if attention_maps is None and guidance_log is None:
             raise ValueError("attention_maps / guidance_log: connect at least one of them")
         samples = None if latent is None else latent["samples"]
+        require_clip(text_attention, "Attention Report")
         report: dict = {"prompt": text_attention.prompt}
         if attention_maps is not None:
             rec = resolve_record(attention_maps, latent=samples, input_name="attention_maps")

@@ -94,6 +94,11 @@ class VisualizeAttention(io.ComfyNode):
                 raise ValueError("text_attention: needed with attention_maps to know which token is which word; "
                                  "connect the Text Self-Attention node that encoded the positive prompt")
             maps = _maps_at(rec, level)                                      # [B, T, h, w]
+            if maps.shape[1] < ta.prompt_slice.stop:
+                raise ValueError(f"text_attention: its prompt ({ta.encoder}) sits at context positions "
+                                 f"{ta.prompt_slice.start}–{ta.prompt_slice.stop - 1}, but the recorded maps have "
+                                 f"{maps.shape[1]} tokens; connect the Text Self-Attention that encoded this "
+                                 "sampler's positive prompt")
             chosen = resolve_words(words, ta.words)
             per_word = word_maps(maps, chosen)                               # [B, n, h, w]
             b = maps.shape[0]
@@ -102,7 +107,7 @@ class VisualizeAttention(io.ComfyNode):
             n_items = max(b, image.shape[0] if image is not None else 1)
             size = tuple(image.shape[1:3]) if image is not None else \
                 (VAE_FACTOR * rec.latent_size[0], VAE_FACTOR * rec.latent_size[1])
-            sim = tsam_similarity(maps[:, 1:ta.eos_index])                   # [B, L, L]
+            sim = tsam_similarity(maps[:, ta.prompt_slice])                  # [B, L, L]
             for i in range(n_items):
                 bg = image[min(i, image.shape[0] - 1)].float().cpu() if image is not None else None
                 item_maps = per_word[min(i, b - 1)]                          # [n, h, w]

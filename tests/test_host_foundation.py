@@ -204,20 +204,3 @@ def test_capture_wraps_another_packs_replace_instead_of_dropping_it(host, loaded
                     "is_attention_align_replace", False)          # the user's model was not touched
 
 
-def test_capture_refuses_a_model_without_unet_cross_attention(host):
-    import comfy.model_patcher
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux
-
-    class DiTModel(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.diffusion_model = Flux(in_channels=4, out_channels=4, vec_in_dim=8, context_in_dim=16, hidden_size=32,
-                                        mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
-                                        theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False,
-                                        operations=comfy.ops.disable_weight_init)
-
-    patcher = comfy.model_patcher.ModelPatcher(DiTModel(), torch.device("cpu"), torch.device("cpu"))
-    with pytest.raises(ValueError, match="model: this model's diffusion network is Flux, which has no UNet "
-                                         "cross-attention layers"):
-        host.node_class("AttentionAlignCaptureCrossAttention").execute(patcher, 0, False)

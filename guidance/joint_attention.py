@@ -1,0 +1,103 @@
+"""Image→text attention inside a DiT's joint attention (Flux, SD3/SD3.5's MMDiT) — pure torch.
+
+A DiT has no cross-attention layer: text and image tokens are concatenated and attend to each other in one softmax
+per block, text first (Flux: ``[T5 tokens, image tokens]``; SD3: ``[CLIP-L/G ⊕ T5 tokens, image tokens]``). The
+counterpart of a UNet's cross-attention map is the block of that attention where image tokens query text keys. As
+gsn-factory (Grimal et al., AAAI 2026) and DAAM's DiT port read it, each image query's scores over the text keys
+are turned into a distribution over the text tokens::
+
+    P[b, head, i, t] = softmax_t( q_img[i] · k_txt[t] / √d )              (sums to 1 over the T text tokens)
+
+which is the joint softmax's image×text block renormalised per row (the image keys' share of each row cancels).
+So a captured map means what it means on a UNet: where each pixel's attention goes among the prompt's tokens.
+
+:class:`JointAttentionTap` is what the host installs as ComfyUI's ``optimized_attention_override`` for one call of
+one block: it computes ``P`` (float32, only for the positive prompt's rows' observers) and hands the call on — to
+an override another pack had installed, else to the host's own kernel — so the block's output is bit-identical.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class JointLayout:
+    """Where the text and image tokens sit in one joint-attention call's sequence.
+
+    ``text`` tokens come first, then ``grid[0]·grid[1]`` image tokens in row-major order (the patch grid); a
+    sequence may carry further tokens after them (Flux Kontext's reference image), which are neither read nor
+    counted as text.
+    """
+
+    text: int                      # T: text tokens at the start of the sequence
+    grid: tuple[int, int]          # (h, w) of the image token grid (latent ÷ patch size, rounded up)
+
+    @property
+    def image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def minimum_length(self) -> int:
+        return self.text + self.image
+
+
+def heads_layout(q: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
+    """A kernel argument as ``[b, heads, L, d]``: ComfyUI passes ``[b, heads, L, d]`` with ``skip_reshape`` (Flux)
+    and ``[b, L, heads·d]`` otherwise (MMDiT)."""
+    if skip_reshape:
+        return q
+    b, n, inner = q.shape
+    return q.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def image_text_probs(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, *,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``P`` of the module docstring, in at least float32.
+
+    q, k: ``[b, heads, L, d]`` (after RoPE / QK-norm, exactly what the kernel receives), L ≥ ``layout.minimum_length``;
+    mask: the call's additive attention mask, broadcastable to ``[b, heads, L, L]``, or None.
+    Returns ``[b, heads, n_img, T]``; every row sums to 1 over the T text tokens.
+    """
+    if q.shape[-2] < layout.minimum_length or k.shape[-2] < layout.minimum_length:
+        raise ValueError(f"joint attention: {q.shape[-2]} tokens cannot hold {layout.text} text tokens and a "
+                         f"{layout.grid[0]}×{layout.grid[1]} image grid")
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    t, n = layout.text, layout.image
+    qi = q[..., t:t + n, :].to(dtype)                                  # [b, heads, n_img, d]
+    kt = k[..., :t, :].to(dtype)                                       # [b, heads, T, d]
+    scores = qi @ kt.transpose(-1, -2) * q.shape[-1] ** -0.5           # [b, heads, n_img, T]
+    if mask is not None:
+        m = mask if mask.ndim == 4 else mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+        scores = scores + m[..., t:t + n, :t].to(dtype)
+    return scores.softmax(dim=-1)
+
+
+class JointAttentionTap:
+    """ComfyUI's ``optimized_attention_override`` for one block call: ``tap(func, q, k, v, heads, **kwargs)``.
+
+    ``observe(probs)`` receives ``P`` ``[b, heads, n_img, T]`` for the block's joint call — the call whose keys span
+    text and image — once: a block's other attention (SD3.5-medium's image-only self-attention) passes untouched, and
+    so does a re-run of the joint call (activation checkpointing recomputing the block during a backward pass).
+    ``previous``: the override that was in the options before (another pack's), which then computes the output, as
+    the host's kernel ``func`` does otherwise. Holds no state beyond the one call it was made for.
+    """
+
+    def __init__(self, layout: JointLayout, observe, previous=None):
+        self.layout, self.observe, self.previous = layout, observe, previous
+        self.observed = False
+
+    def __call__(self, func, *args, **kwargs):
+        q, k = args[0], args[1]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        skip = bool(kwargs.get("skip_reshape", False))
+        length = q.shape[-2] if skip else q.shape[1]
+        if not self.observed and length >= self.layout.minimum_length and (k.shape[-2] if skip else k.shape[1]) == length:
+            self.observed = True
+            probs = image_text_probs(heads_layout(q, heads, skip), heads_layout(k, heads, skip), self.layout,
+                                     mask=kwargs.get("mask"))
+            self.observe(probs)
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)

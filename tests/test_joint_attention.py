@@ -1,0 +1,81 @@
+"""DiT joint attention (pure torch) and T5 SentencePiece words, without the host."""
+from __future__ import annotations
+
+import pytest
+import torch
+from attention_align.guidance.joint_attention import JointAttentionTap, JointLayout, image_text_probs
+from attention_align.guidance.text_attention import TextAttention
+from attention_align.guidance.tokens import group_sp_words
+
+
+def test_image_text_probs_are_the_joint_softmax_block_renormalised():
+    torch.manual_seed(0)
+    layout = JointLayout(5, (2, 3))
+    q, k = torch.randn(2, 3, 5 + 6 + 2, 8), torch.randn(2, 3, 5 + 6 + 2, 8)      # 2 extra tokens after the image
+    p = image_text_probs(q, k, layout)
+    joint = (q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1)                  # the whole joint attention
+    block = joint[:, :, 5:11, :5]                                             # image queries × text keys
+    assert p.shape == (2, 3, 6, 5)
+    torch.testing.assert_close(p, block / block.sum(-1, keepdim=True))
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, 3, 6))
+
+
+def test_image_text_probs_apply_the_calls_mask():
+    torch.manual_seed(1)
+    layout = JointLayout(4, (2, 2))
+    q, k = torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 3] = -torch.inf                                                 # text token 3 masked out
+    p = image_text_probs(q, k, layout, mask=mask)
+    assert torch.all(p[..., 3] == 0)
+    torch.testing.assert_close(p[..., :3], (q[..., 4:, :] @ k[..., :3, :].transpose(-1, -2) / 2).softmax(-1))
+
+
+def test_image_text_probs_refuse_a_sequence_too_short():
+    with pytest.raises(ValueError, match="cannot hold 5 text tokens and a 2×3"):
+        image_text_probs(torch.zeros(1, 1, 10, 4), torch.zeros(1, 1, 10, 4), JointLayout(5, (2, 3)))
+
+
+def test_tap_observes_the_joint_call_only_and_chains_the_previous_override():
+    layout = JointLayout(3, (2, 2))
+    seen, chained = [], []
+
+    def previous(func, *args, **kwargs):
+        chained.append(args[0].shape)
+        return func(*args, **kwargs)
+
+    tap = JointAttentionTap(layout, seen.append, previous=previous)
+    kernel = lambda q, k, v, heads, **kw: v * 2                               # noqa: E731  stands in for the host's
+    q = torch.randn(1, 7, 2 * 4)                                              # MMDiT layout [b, L, heads·d]
+    out = tap(kernel, q, q, q, heads=2, transformer_options={})
+    assert torch.equal(out, q * 2) and len(seen) == 1 and seen[0].shape == (1, 2, 4, 3)
+    tap(kernel, q[:, 3:], q[:, 3:], q[:, 3:], heads=2)                        # image-only self-attention (SD3.5-M)
+    assert len(seen) == 1 and len(chained) == 2                               # not observed, still computed
+    tap(kernel, q, q, q, heads=2)                                             # the block recomputed (checkpointing)
+    assert len(seen) == 1 and len(chained) == 3
+
+
+def test_sentencepiece_words_and_positions():
+    pieces = ["▁", "a", "▁red", "▁car", ",", "▁x", "-", "ray", "▁", "2", "▁dog", "s", "▁car", "</s>", "<pad>"]
+    words = group_sp_words(pieces, 13, offset=77)
+    assert [(w.label, w.positions) for w in words] == [
+        ("a", (77, 78)), ("red", (79,)), ("car", (80,)), (",", (81,)), ("x", (82,)), ("-", (83,)), ("ray", (84,)),
+        ("2", (85, 86)), ("dogs", (87, 88)), ("car#2", (89,))]
+
+
+def test_t5_text_attention_starts_at_zero_and_sits_at_its_offset():
+    pieces = ["▁red", "▁car", "</s>", "<pad>", "<pad>"]
+    probs = torch.rand(2, 3, 5, 5).softmax(-1)
+    ta = TextAttention(encoder="t5xxl", prompt="red car", probs=probs, pieces=pieces, token_ids=[1] * 5, offset=77)
+    assert (ta.eos_index, ta.start, ta.num_prompt_tokens, ta.prompt_slice) == (2, 0, 2, slice(77, 79))
+    assert ta.prompt_labels == ["red", "car"] and [w.positions for w in ta.words] == [(77,), (78,)]
+    t = probs.mean((0, 1))[:2, :2] ** 3
+    torch.testing.assert_close(ta.target(), t / (t.sum(-1, keepdim=True) + 1e-7))
+    assert ta.target()[0, 1] > 0                                              # bidirectional: not triangular
+
+
+def test_clip_text_attention_refuses_an_offset():
+    pieces = ["<|startoftext|>", "car</w>", "<|endoftext|>"]
+    with pytest.raises(ValueError, match="starts the context"):
+        TextAttention(encoder="clip_l", prompt="car", probs=torch.rand(1, 1, 3, 3), pieces=pieces,
+                      token_ids=[0, 1, 2], offset=77)
