@@ -8,6 +8,10 @@ with the official 3×3 Gaussian, and ``L = max_s max(0, 1 − max_pixels(G∗Â_
 ``last`` is −1 in the official SD1 code and in diffusers: the softmax also covers eos and the padding tokens
 (``normalize_eot = False``, the default here). With ``normalize_eot = True`` (the official repo's SD 2.1 mode) it
 covers only the prompt's own tokens.
+
+On a DiT the encoder's tokens are a span ``[first, end)`` of the model's context (Flux: T5's, from 0, no bos; SD3:
+T5's after the 77 CLIP tokens, or CLIP's); the same rule applies within the span: ``A[..., first:end−1]``, or
+``A[..., first:eos]`` with ``normalize_eot``. The UNet case is ``first = 1``, ``end = T``.
 """
 from __future__ import annotations
 
@@ -18,27 +22,29 @@ from .smoothing import smooth_maps
 
 
 def subject_maxima(maps: torch.Tensor, subjects: list[tuple[int, ...]], eos_index: int,
-                   normalize_eot: bool = False) -> torch.Tensor:
+                   normalize_eot: bool = False, *, first: int = 1, end: int | None = None) -> torch.Tensor:
     """max over pixels of the smoothed, token-softmaxed map of each subject: maps ``[B, T, h, w]`` → ``[B, S]``.
 
-    ``subjects`` are the subjects' token positions (bos = 0); a subject made of several wordpieces counts as
-    present through its strongest piece (max over its pieces).
+    ``subjects`` are the subjects' token positions in the context (bos = 0 for CLIP); a subject made of several
+    wordpieces counts as present through its strongest piece (max over its pieces). ``[first, end)``: the encoder's
+    span of the context (module docstring); ``eos_index`` is a context position too.
     """
-    last = eos_index if normalize_eot else maps.shape[1] - 1
-    a = torch.softmax(100.0 * maps[:, 1:last], dim=1)                    # [B, T', h, w]; token t is column t − 1
+    last = eos_index if normalize_eot else (maps.shape[1] if end is None else end) - 1
+    a = torch.softmax(100.0 * maps[:, first:last], dim=1)                # [B, T', h, w]; token t is column t − first
     out = []
     for positions in subjects:
-        if min(positions) < 1 or max(positions) >= last:
-            raise ValueError(f"subject token positions {positions} are outside the prompt (1..{last - 1})")
-        piece_max = smooth_maps(a[:, [p - 1 for p in positions]]).flatten(-2).max(dim=-1).values  # [B, pieces]
+        if min(positions) < first or max(positions) >= last:
+            raise ValueError(f"subject token positions {positions} are outside the prompt ({first}..{last - 1})")
+        piece_max = smooth_maps(a[:, [p - first for p in positions]]).flatten(-2).max(dim=-1).values  # [B, pieces]
         out.append(piece_max.max(dim=-1).values)
     return torch.stack(out, dim=1)
 
 
 def attend_excite_loss(maps: torch.Tensor, subjects: list[tuple[int, ...]], eos_index: int,
-                       normalize_eot: bool = False) -> torch.Tensor:
+                       normalize_eot: bool = False, *, first: int = 1, end: int | None = None) -> torch.Tensor:
     """``L = max_s max(0, 1 − max(G∗Â_s))`` per sample ``[B]`` (the worst-attended subject decides)."""
-    return (1.0 - subject_maxima(maps, subjects, eos_index, normalize_eot)).clamp_min(0).max(dim=1).values
+    return (1.0 - subject_maxima(maps, subjects, eos_index, normalize_eot, first=first, end=end)
+            ).clamp_min(0).max(dim=1).values
 
 
 class AttendExciteObjective:
@@ -48,27 +54,28 @@ class AttendExciteObjective:
     min_map_side = 2                    # the official 3×3 smoothing reflect-pads by one pixel
 
     def __init__(self, subjects: list[tuple[int, ...]], *, eos_index: int, normalize_eot: bool = False,
-                 level: int = 32, context: torch.Tensor | None = None):
+                 level: int = 32, context: torch.Tensor | None = None, first: int = 1, end: int | None = None):
         if not subjects:
             raise ValueError("subjects: Attend-and-Excite needs at least one subject word")
         self.subjects, self.eos_index, self.normalize_eot = [tuple(s) for s in subjects], eos_index, normalize_eot
-        self.level, self.context = level, context
+        self.level, self.context, self.first, self.end = level, context, first, end
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
-        return attend_excite_loss(maps, self.subjects, self.eos_index, self.normalize_eot)
+        return attend_excite_loss(maps, self.subjects, self.eos_index, self.normalize_eot, first=self.first,
+                                  end=self.end)
 
 
 def attend_excite_guidance(subjects: list[tuple[int, ...]], *, eos_index: int, normalize_eot: bool = False,
                            strength: float = 1.0, scale: float = 20.0, guided_paper_steps: float = 25,
                            thresholds: dict[float, float] | None = None, max_iters: int = 20, level: int = 32,
-                           context: torch.Tensor | None = None):
+                           context: torch.Tensor | None = None, first: int = 1, end: int | None = None):
     """A&E with the official configuration (config.py): α = 20·√linspace(1, 0.5), updates at i < 25 of 50,
     refinement at steps {0: 0.05, 10: 0.5, 20: 0.8} (loss target 1 − thr) with at most 20 iterations, entered only
     when the loss is above the target."""
     thresholds = {0: 0.05, 10: 0.5, 20: 0.8} if thresholds is None else thresholds
     return GradientGuidance(
         objective=AttendExciteObjective(subjects, eos_index=eos_index, normalize_eot=normalize_eot, level=level,
-                                        context=context),
+                                        context=context, first=first, end=end),
         guided_paper_steps=guided_paper_steps, scale=scale, decay=True, strength=strength,
         refine_paper_thresholds=tuple((k, max(0.0, 1.0 - t)) for k, t in sorted(thresholds.items())),
         max_iters=max_iters, stop_below=True, enter_above=True)

@@ -2,14 +2,15 @@
 
 A DiT has no cross-attention layer: text and image tokens are concatenated and attend to each other in one softmax
 per block, text first (Flux: ``[T5 tokens, image tokens]``; SD3: ``[CLIP-L/G ⊕ T5 tokens, image tokens]``). The
-counterpart of a UNet's cross-attention map is the block of that attention where image tokens query text keys. As
-gsn-factory (Grimal et al., AAAI 2026) and DAAM's DiT port read it, each image query's scores over the text keys
-are turned into a distribution over the text tokens::
+counterpart of a UNet's cross-attention map is the block of that attention where image tokens query text keys
+(gsn-factory, Grimal et al., AAAI 2026, reads that block of the joint softmax on SD3). Each image query's scores
+over the text keys are turned into a distribution over the text tokens::
 
     P[b, head, i, t] = softmax_t( q_img[i] · k_txt[t] / √d )              (sums to 1 over the T text tokens)
 
-which is the joint softmax's image×text block renormalised per row (the image keys' share of each row cancels).
-So a captured map means what it means on a UNet: where each pixel's attention goes among the prompt's tokens.
+which is the joint softmax's image×text block renormalised per row (the image keys' share of each row cancels;
+gsn-factory keeps the unrenormalised block and lets each loss's own softmax over its tokens normalise it). So a
+captured map means what it means on a UNet: where each pixel's attention goes among the prompt's tokens.
 
 :class:`JointAttentionTap` is what the host installs as ComfyUI's ``optimized_attention_override`` for one call of
 one block: it computes ``P`` (float32, only for the positive prompt's rows' observers) and hands the call on — to
@@ -53,11 +54,12 @@ def heads_layout(q: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tenso
 
 
 def image_text_probs(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, *,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
+                     mask: torch.Tensor | None = None, text_scale: float = 1.0) -> torch.Tensor:
     """``P`` of the module docstring, in at least float32.
 
     q, k: ``[b, heads, L, d]`` (after RoPE / QK-norm, exactly what the kernel receives), L ≥ ``layout.minimum_length``;
-    mask: the call's additive attention mask, broadcastable to ``[b, heads, L, L]``, or None.
+    mask: the call's additive attention mask, broadcastable to ``[b, heads, L, L]``, or None; ``text_scale``: the
+    factor an edit puts on these logits (see ``joint_temperature.py``), so observers see the attention sampled.
     Returns ``[b, heads, n_img, T]``; every row sums to 1 over the T text tokens.
     """
     if q.shape[-2] < layout.minimum_length or k.shape[-2] < layout.minimum_length:
@@ -67,11 +69,21 @@ def image_text_probs(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, *,
     t, n = layout.text, layout.image
     qi = q[..., t:t + n, :].to(dtype)                                  # [b, heads, n_img, d]
     kt = k[..., :t, :].to(dtype)                                       # [b, heads, T, d]
-    scores = qi @ kt.transpose(-1, -2) * q.shape[-1] ** -0.5           # [b, heads, n_img, T]
+    scores = qi @ kt.transpose(-1, -2) * (text_scale * q.shape[-1] ** -0.5)   # [b, heads, n_img, T]
     if mask is not None:
         m = mask if mask.ndim == 4 else mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
         scores = scores + m[..., t:t + n, :t].to(dtype)
     return scores.softmax(dim=-1)
+
+
+def scaled_text_keys(k: torch.Tensor, text: int, scale: float, skip_reshape: bool) -> torch.Tensor:
+    """k with its first ``text`` tokens multiplied by ``scale`` (k in the kernel's layout)."""
+    k = k.clone()
+    if skip_reshape:
+        k[..., :text, :] *= scale
+    else:
+        k[:, :text] *= scale
+    return k
 
 
 class JointAttentionTap:
@@ -81,11 +93,14 @@ class JointAttentionTap:
     text and image — once: a block's other attention (SD3.5-medium's image-only self-attention) passes untouched, and
     so does a re-run of the joint call (activation checkpointing recomputing the block during a backward pass).
     ``previous``: the override that was in the options before (another pack's), which then computes the output, as
-    the host's kernel ``func`` does otherwise. Holds no state beyond the one call it was made for.
+    the host's kernel ``func`` does otherwise. ``text_scale`` ≠ 1 edits the joint call: its image→text logits are
+    multiplied by it (``joint_temperature.py``); observers then see the edited ``P``. ``observe`` may be None (an
+    edit alone). Holds no state beyond the one call it was made for.
     """
 
-    def __init__(self, layout: JointLayout, observe, previous=None):
+    def __init__(self, layout: JointLayout, observe, previous=None, *, text_scale: float = 1.0):
         self.layout, self.observe, self.previous = layout, observe, previous
+        self.text_scale = float(text_scale)         # an edit's factor on the image→text logits (1: none)
         self.observed = False
 
     def __call__(self, func, *args, **kwargs):
@@ -93,11 +108,36 @@ class JointAttentionTap:
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         skip = bool(kwargs.get("skip_reshape", False))
         length = q.shape[-2] if skip else q.shape[1]
-        if not self.observed and length >= self.layout.minimum_length and (k.shape[-2] if skip else k.shape[1]) == length:
-            self.observed = True
+        joint = length >= self.layout.minimum_length and (k.shape[-2] if skip else k.shape[1]) == length
+        if joint and self.observe is not None:
+            # a re-run (checkpointing's recompute in a backward pass) repeats the same operations, as it must, but
+            # is not observed again
             probs = image_text_probs(heads_layout(q, heads, skip), heads_layout(k, heads, skip), self.layout,
-                                     mask=kwargs.get("mask"))
-            self.observe(probs)
+                                     mask=kwargs.get("mask"), text_scale=self.text_scale)
+            if not self.observed:
+                self.observed = True
+                self.observe(probs)
+        if joint and self.text_scale != 1.0:
+            return self._scaled(func, args, kwargs, length, skip)
+        return self._run(func, *args, **kwargs)
+
+    def _run(self, func, *args, **kwargs):
         if self.previous is not None:
             return self.previous(func, *args, **kwargs)
         return func(*args, **kwargs)
+
+    def _scaled(self, func, args, kwargs, length: int, skip: bool):
+        """The joint attention with the image→text logits × ``text_scale``: the text queries against the keys as
+        they are, the image queries against keys whose text part is scaled (the same logits as scaling that block
+        of the score matrix), each through the host's kernel; outputs joined along the sequence."""
+        q, k, v, rest = args[0], args[1], args[2], args[3:]
+        t = self.layout.text
+        rows = (lambda x, part: x[..., part, :]) if skip else (lambda x, part: x[:, part])
+        mask = kwargs.get("mask")
+        outs = []
+        for part, keys in ((slice(0, t), k), (slice(t, length), scaled_text_keys(k, t, self.text_scale, skip))):
+            kw = dict(kwargs)
+            if mask is not None and mask.ndim >= 2 and mask.shape[-2] == length:
+                kw["mask"] = mask[..., part, :]
+            outs.append(self._run(func, rows(q, part), keys, v, *rest, **kw))
+        return torch.cat(outs, dim=-2 if kwargs.get("skip_output_reshape", False) else 1)

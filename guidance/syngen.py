@@ -84,18 +84,22 @@ class SynGenObjective:
 
     name = "SynGen"
 
-    def __init__(self, groups: list[Group], *, eos_index: int, level: int = 32, context: torch.Tensor | None = None):
+    def __init__(self, groups: list[Group], *, eos_index: int, level: int = 32, context: torch.Tensor | None = None,
+                 first: int = 1):
         if not groups:
             raise ValueError("groups: SynGen needs at least one group of a modifier and its noun")
         self.groups = [[tuple(w) for w in g] for g in groups]
-        self.eos_index, self.level, self.context = eos_index, level, context
+        self.eos_index, self.level, self.context, self.first = eos_index, level, context, first
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
-        return syngen_loss(maps, self.groups, list(range(1, self.eos_index)))
+        return syngen_loss(maps, self.groups, list(range(self.first, self.eos_index)))
 
 
 def syngen_guidance(groups: list[Group], *, eos_index: int, strength: float = 1.0, scale: float = 20.0,
-                    guided_paper_steps: float = 25, level: int = 32, context: torch.Tensor | None = None):
-    """SynGen with the official configuration (run.py): constant step 20, updates at i < 25 of 50, no refinement."""
-    return GradientGuidance(objective=SynGenObjective(groups, eos_index=eos_index, level=level, context=context),
+                    guided_paper_steps: float = 25, level: int = 32, context: torch.Tensor | None = None,
+                    first: int = 1):
+    """SynGen with the official configuration (run.py): constant step 20, updates at i < 25 of 50, no refinement.
+    ``first``/``eos_index``: the prompt's tokens in the context (CLIP: 1 … eos−1; T5 on a DiT: its own span)."""
+    return GradientGuidance(objective=SynGenObjective(groups, eos_index=eos_index, level=level, context=context,
+                                                      first=first),
                             guided_paper_steps=guided_paper_steps, scale=scale, decay=False, strength=strength)

@@ -92,15 +92,26 @@ class TextAttention:
         return slice(self.offset + self.start, self.offset + self.eos_index)
 
     @property
+    def context_eos(self) -> int:
+        """The end token's position in the model's context (what the methods' ``eos_index`` is)."""
+        return self.offset + self.eos_index
+
+    @property
+    def context_end(self) -> int:
+        """End of this encoder's span of the model's context (CLIP: its 77-token window; T5: its sequence)."""
+        return self.offset + len(self.pieces)
+
+    @property
     def prompt_pieces(self) -> list[str]:
         """The prompt's pieces (what the rows and columns of T̂ are)."""
         return self.pieces[self.start:self.eos_index]
 
     @property
     def prompt_labels(self) -> list[str]:
-        """The prompt pieces as a person reads them (decoded text, no ``</w>`` or ``▁``): labels for plots."""
+        """The prompt pieces as a person reads them (decoded text, no ``</w>``; T5's word-start mark ``▁`` dropped, a
+        bare one shown as ``_``): labels for plots."""
         if self.sentencepiece:
-            return [sp_display([p]) or p for p in self.prompt_pieces]
+            return [sp_display([p]) or "_" for p in self.prompt_pieces]
         return [display_piece(p) for p in self.prompt_pieces]
 
     def mean_attention(self) -> torch.Tensor:

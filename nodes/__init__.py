@@ -6,6 +6,7 @@ from .attend_excite import AttendExciteGuidance
 from .attn_regulation import AttentionRegulationGuidance
 from .capture import CaptureCrossAttention
 from .guided_sampler import GuidedKSampler
+from .joint_temperature import JointTemperature
 from .modulation import AttentionModulationGuidance
 from .report import AttentionReport
 from .show_tokens import ShowTokens
@@ -18,7 +19,7 @@ from .visualize import VisualizeAttention
 NODES: list[type[io.ComfyNode]] = [TextSelfAttention, CaptureCrossAttention, VisualizeAttention, TSAMGuidance,
                                    AttendExciteGuidance, SynGenGuidance, AttentionRegulationGuidance,
                                    AttentionModulationGuidance, ShowTokens, GuidedKSampler, ApplyGuidance, LoadToyModel,
-                                   AttentionReport]
+                                   AttentionReport, JointTemperature]
 
 
 class AttentionAlignExtension(ComfyExtension):

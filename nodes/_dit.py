@@ -17,6 +17,8 @@ are at image ÷ 16 (VAE ÷ 8 × patch 2).
 """
 from __future__ import annotations
 
+import math
+
 from comfy.ldm.flux.model import Flux
 from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -115,18 +117,20 @@ class JointBlockRouter:
 
     def __call__(self, args: dict, extra: dict) -> dict:
         options = args.get("transformer_options") or {}
-        observers, _ = run_parts(options)
-        if observers:
+        observers, editors = run_parts(options)
+        if observers or editors:
             call, layout = joint_call(self.block, options)
             active = [o for o in observers if o.wants(call)]
-            if active:
+            scale = math.prod(e.text_scale(call) for e in editors if getattr(e, "joint", False) and e.wants(call))
+            if active or scale != 1.0:
                 def observe(probs):
                     probs = fold_repeats(probs, call)
                     for observer in active:
                         observer.observe(probs, call)
                 options = dict(options)
                 options["optimized_attention_override"] = JointAttentionTap(
-                    layout, observe, previous=options.get("optimized_attention_override"))
+                    layout, observe if active else None, previous=options.get("optimized_attention_override"),
+                    text_scale=scale)
                 args = {**args, "transformer_options": options}
         if self.inner is not None:
             return self.inner(args, extra)

@@ -13,6 +13,7 @@ import contextlib
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
 import torch
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..guidance.attention_patch import PASS_KEY
 from ..guidance.engine import PassMaps, StopForward
@@ -75,6 +76,8 @@ class GradientPass:
         # ComfyUI adds control residuals in place (openaimodel.apply_control: h += ctrl), which autograd refuses for
         # tensors it saved; PyTorch's own remedy clones such a tensor when (and only when) it is mutated.
         self.has_control = any(isinstance(c.get("control"), DetachedControl) for c in self.conds)
+        # Flux's blocks add their residuals in place too (``txt += …``, ``x += …``), on tensors a norm saved
+        self.mutates = self.has_control or not isinstance(self.base_model.diffusion_model, UNetModel)
         self.model_options = extra_args.get("model_options", {})
         # Truncation needs the whole positive prompt in one UNet call: several positive conditionings (areas,
         # combines) are run in separate calls, and stopping the first would lose the others' maps.
@@ -96,7 +99,7 @@ class GradientPass:
     def _loss(self, x: torch.Tensor, with_grad: bool):
         x_in, mask = _unet_view(self.model_k, x, self.sigma, self.extra_args.get("denoise_mask"), self.model_options)
         store = PassMaps(self.read_layers, truncate=self.truncate)
-        mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if self.has_control and with_grad \
+        mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if self.mutates and with_grad \
             else contextlib.nullcontext()
         with torch.inference_mode(False), torch.set_grad_enabled(with_grad), mutation_ok:
             sigma = self.sigma.detach().clone()

@@ -9,7 +9,7 @@ from comfy.patcher_extension import WrappersMP
 from ..guidance.maps import CaptureMaps
 from ..guidance.method import AttentionEditGuidance, GradientGuidance
 from ..guidance.session import RunBoard
-from ._dit import attention_layers
+from ._dit import attention_layers, dit_of, joint_layers
 from ._fast import calc_cond_batch_wrapper
 from ._gradient_run import sampler_wrapper
 from ._session import attach
@@ -85,7 +85,7 @@ def guided_model(model, guidance, *, verify: bool = False, truncate: bool = True
         return edited_model(model, guidance)
     if not isinstance(guidance, GradientGuidance):
         raise ValueError(f"guidance: expected a GUIDANCE from one of the pack's method nodes, got {type(guidance)}")
-    every_layer = cross_attention_layers(model)
+    every_layer = attention_layers(model)                    # a UNet's attn2 layers or a DiT's joint blocks
     layers = layers_at(every_layer, guidance.level)
     if GRADIENT_KEY in model.wrappers.get(WrappersMP.SAMPLER_SAMPLE, {}):
         raise ValueError("model: it already carries Attention Align gradient guidance; apply one gradient method "
@@ -102,6 +102,14 @@ def guided_model(model, guidance, *, verify: bool = False, truncate: bool = True
 
 def edited_model(model, guidance: AttentionEditGuidance) -> tuple[object, RunBoard]:
     """Clone ``model`` with an attention edit (and Modulation's self-attention temperature) attached."""
+    if getattr(guidance.cross_editor, "joint", False):                # an edit of DiT joint attention
+        dm = dit_of(model)
+        if dm is None:
+            raise ValueError(f"model: {guidance.name} edits the joint attention of DiT models (Flux, SD3/SD3.5); "
+                             "this model is a UNet (SD1.x, SD2.x, SDXL), whose text enters through cross-attention")
+        m = model.clone()
+        board, _ = attach(m, guidance, level_map(joint_layers(dm)), kind="Apply Guidance")
+        return m, board
     every_layer = cross_attention_layers(model)
     chosen = every_layer if guidance.cross_level is None else layers_at(every_layer, guidance.cross_level)
     m = model.clone()

@@ -115,9 +115,11 @@ def matrix_layout(n: int, labels: list[str], size: tuple[int, int], title: str) 
             "every": every, "boxes": boxes, "bar_h": bar_h}
 
 
-def matrix_tile(matrix: torch.Tensor, labels: list[str], size: tuple[int, int], title: str) -> torch.Tensor:
+def matrix_tile(matrix: torch.Tensor, labels: list[str], size: tuple[int, int], title: str, *,
+                lower_only: bool = True) -> torch.Tensor:
     """An ``[L, L]`` matrix as a heat map with ``labels`` on both axes, a title and a colour bar (0 to the matrix's
-    maximum), fitted into ``size`` (H, W); with many tokens the labels shrink, then every k-th is drawn."""
+    maximum), fitted into ``size`` (H, W); with many tokens the labels shrink, then every k-th is drawn.
+    ``lower_only``: the cells above the diagonal are left blank (CLIP's causal T, and S); T5's T is drawn whole."""
     h, w = size
     n = matrix.shape[0]
     if len(labels) != n:
@@ -126,7 +128,7 @@ def matrix_tile(matrix: torch.Tensor, labels: list[str], size: tuple[int, int], 
     font, cell, x0, y0 = lay["font"], lay["cell"], lay["x0"], lay["y0"]
     img = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    img.paste(_to_pil(matrix_pixels(matrix, cell)), (x0, y0))
+    img.paste(_to_pil(matrix_pixels(matrix, cell, lower_only)), (x0, y0))
     draw.text((4, 2), lay["title"], fill=(0, 0, 0), font=lay["title_font"])
     for kind, i, (bx0, by0, bx1, by1) in lay["boxes"]:
         text = labels[i]

@@ -1,6 +1,8 @@
 """Resolving the words a method acts on: typed by the user, or found automatically (built-in rules or spaCy)."""
 from __future__ import annotations
 
+import torch
+
 from ..guidance.dependency import parse_selection
 from ..guidance.grouping import Selection, auto_groups, parse_groups, parse_subjects
 from ..guidance.text_attention import TextAttention
@@ -16,8 +18,8 @@ def require_clip(ta: TextAttention, method: str) -> None:
     """Refuse a T5 prompt (Flux, SD3) for a method that runs on UNet models only so far."""
     if ta.sentencepiece:
         raise ValueError(f"text_attention: it comes from T5 (a Flux or SD3/SD3.5 prompt); {method} works with CLIP "
-                         "prompts on SD1.x, SD2.x and SDXL so far. On Flux and SD3 use Capture Cross-Attention and "
-                         "Visualize Attention.")
+                         "prompts on SD1.x, SD2.x and SDXL so far. On Flux and SD3 Attend-and-Excite, SynGen, Joint "
+                         "Attention Temperature and the capture/visualisation nodes run.")
 
 
 class NothingFound(ValueError):
@@ -26,7 +28,10 @@ class NothingFound(ValueError):
 
 def automatic(ta: TextAttention, parser: str) -> Selection:
     if parser == "builtin":
-        return auto_groups(ta.words, ta.mean_attention())
+        attention = ta.mean_attention()                  # [T, T] of the encoder; words carry context positions
+        if ta.offset:
+            attention = torch.nn.functional.pad(attention, (ta.offset, 0, ta.offset, 0))
+        return auto_groups(ta.words, attention)
     if parser == "spacy" or parser.startswith(SPACY_PREFIX):
         return parse_selection(load_spacy(parser)(" ".join(w.text for w in ta.words)), ta.words)
     raise ValueError(f"parser: '{parser}' is not one of {', '.join(PARSERS)}")

@@ -143,11 +143,9 @@ def reclaim_layers(model_options: dict, layers, *, editing: bool) -> None:
 
 def reclaim(model_options: dict, layers, *, editing: bool) -> None:
     """Route ``layers`` through the pack in these options: UNet attn2 layers (:func:`reclaim_layers`) or DiT
-    joint-attention blocks (``_dit.reclaim_joint_blocks``; no edit reaches them yet)."""
+    joint-attention blocks (``_dit.reclaim_joint_blocks``: an edit reaches their attention through the override
+    the block router hands the block, also when another pack's block replace runs it)."""
     if layers and is_joint_key(next(iter(layers))):
-        if editing:
-            raise ValueError("model: attention edits (Attention Regulation / Modulation) do not support DiT models "
-                             "yet; they work with SD1.x, SD2.x and SDXL")
         reclaim_joint_blocks(model_options, layers)
     else:
         reclaim_layers(model_options, layers, editing=editing)

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..guidance.attend_excite import attend_excite_guidance
 from . import _inputs
-from ._select import require_clip, subjects_for
+from ._select import subjects_for
 from .types import CATEGORY, GuidanceType
 
 SOFTMAX = ["official", "normalize_eot"]
@@ -53,9 +53,9 @@ class AttendExciteGuidance(io.ComfyNode):
         if softmax not in SOFTMAX:
             raise ValueError(f"softmax: '{softmax}' is not one of {', '.join(SOFTMAX)}")
         ta = text_attention
-        require_clip(ta, "Attend-and-Excite")
         words, text = subjects_for(ta, subjects, parser)
-        guidance = attend_excite_guidance([w.positions for w in words], eos_index=ta.eos_index,
+        guidance = attend_excite_guidance([w.positions for w in words], eos_index=ta.context_eos,
+                                          first=ta.prompt_slice.start, end=ta.context_end,
                                           normalize_eot=softmax == "normalize_eot",
                                           strength=strength, scale=scale_factor, guided_paper_steps=guided_steps,
                                           max_iters=max_refinement_steps,

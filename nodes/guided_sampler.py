@@ -7,6 +7,8 @@ from comfy_api.latest import io
 
 from ..guidance.engine import GuidanceRecord
 from ..guidance.maps import AttentionMaps
+from ..guidance.method import GradientGuidance
+from ._dit import attention_layers
 from ._guided import captured_model, check_sizes, default_level, guided_model
 from ._unet import cross_attention_layers
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, GuidanceType
@@ -23,7 +25,7 @@ class GuidedKSampler(io.ComfyNode):
                         "cross-attention follows the guidance objective. Also returns the positive prompt's "
                         "cross-attention maps at the objective's level and the loss per step.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet)."),
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet); Flux or SD3/SD3.5 (DiT) for Joint Attention Temperature."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="The random seed used for creating the noise."),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Denoising steps."),
@@ -49,8 +51,12 @@ class GuidedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 guidance) -> io.NodeOutput:
-        every_layer = cross_attention_layers(model)
-        check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
+        if getattr(getattr(guidance, "cross_editor", None), "joint", False):   # a DiT edit: guided_model checks it
+            attention_layers(model)
+        else:
+            every_layer = attention_layers(model) if isinstance(guidance, GradientGuidance) \
+                else cross_attention_layers(model)
+            check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
         guided, log_board = guided_model(model, guidance)
         m, maps_board = captured_model(guided, default_level(guidance, model))
         (latent,) = comfy_nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative,

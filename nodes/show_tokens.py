@@ -30,7 +30,7 @@ class ShowTokens(io.ComfyNode):
     @classmethod
     def execute(cls, text_attention, subjects: str, groups: str, parser: str) -> io.NodeOutput:
         ta = text_attention
-        label = (lambda p: sp_display([p]) or p) if ta.sentencepiece else display_piece
+        label = (lambda p: sp_display([p]) or "_") if ta.sentencepiece else display_piece
         pieces = " ".join(f"{ta.offset + i}:{label(p)}" for i, p in enumerate(ta.pieces[:ta.eos_index + 1]))
         lines = [f"tokens: {pieces}"]
         for resolve, spec, name in ((subjects_for, subjects, "subjects"), (groups_for, groups, "groups")):

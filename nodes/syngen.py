@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..guidance.syngen import syngen_guidance
 from . import _inputs
-from ._select import groups_for, require_clip
+from ._select import groups_for
 from .types import CATEGORY, GuidanceType
 
 
@@ -42,9 +42,9 @@ class SynGenGuidance(io.ComfyNode):
                 guided_steps: int, level: int,
                 fast: bool = False) -> io.NodeOutput:
         ta = text_attention
-        require_clip(ta, "SynGen")
         resolved, text = groups_for(ta, groups, parser)
-        guidance = syngen_guidance([[w.positions for w in g] for g in resolved], eos_index=ta.eos_index,
+        guidance = syngen_guidance([[w.positions for w in g] for g in resolved], eos_index=ta.context_eos,
+                                   first=ta.prompt_slice.start,
                                    strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, level=level,
                                    context=ta.context)
         guidance = dataclasses.replace(guidance, fast=fast)

@@ -114,12 +114,14 @@ class VisualizeAttention(io.ComfyNode):
                 heat = heat_tiles(item_maps, size, bg)                       # [n, H, W, 3]
                 item = [heat_tile_with_legend(t, w.label, float(m.min()), float(m.max()))
                         for t, w, m in zip(heat, chosen, item_maps)]
-                item.append(matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention"))
+                item.append(matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention",
+                                      lower_only=not ta.sentencepiece))
                 item.append(matrix_tile(sim[min(i, b - 1)], _pieces(ta), size, "S: cross-attention similarity"))
                 tiles.append(item)
             labels = [w.label for w in chosen] + ["T", "S"]
         elif ta is not None:
-            tiles.append([matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention")])
+            tiles.append([matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention",
+                                      lower_only=not ta.sentencepiece)])
             labels = ["T"]
         if guidance_log is not None:
             plots = _loss_plots(guidance_log, size)

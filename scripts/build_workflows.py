@@ -30,15 +30,27 @@ TOY = {"capture_and_visualise": ("a red circle and a blue square", {}),
        "attention_regulation": ("a blue triangle and a yellow star", {"targets": "triangle, star"}),
        "attention_modulation": ("a green circle and an orange heart", {"entities": "green circle; orange heart"})}
 TOY_LEVEL, TOY_STEPS = 16, 20
+#: DiT families: loaded from their separate files (diffusion model, text encoders, VAE), as ComfyUI's own examples do
+DIT = {"flux": {"ckpt": "flux1-dev.safetensors", "size": 1024, "name": "Flux-dev", "steps": 20, "cfg": 1.0,
+                "sampler": "euler", "scheduler": "simple",
+                "files": "UNET Loader: flux1-dev.safetensors (or schnell, or a Flux fine-tune) in "
+                         "ComfyUI/models/diffusion_models. DualCLIPLoader (type flux): clip_l.safetensors and "
+                         "t5xxl_fp16.safetensors in models/text_encoders. Load VAE: ae.safetensors in models/vae."},
+       "sd35": {"ckpt": "sd3.5_medium.safetensors", "size": 1024, "name": "SD3.5-medium", "steps": 40, "cfg": 4.5,
+                "sampler": "euler", "scheduler": "sgm_uniform",
+                "files": "Load Checkpoint: sd3.5_medium.safetensors (or SD3.5-large, SD3-medium) in "
+                         "ComfyUI/models/checkpoints (its model and VAE). TripleCLIPLoader: clip_l.safetensors, "
+                         "clip_g.safetensors and t5xxl_fp16.safetensors in models/text_encoders."}}
 
 #: node body heights (title bar excluded) as frontend 1.27.10 draws these nodes; a node is never drawn smaller than
 #: its widgets need, so a saved size below this would make nodes overlap on the canvas (tests/test_browser.py checks)
-HEIGHT = {"CheckpointLoaderSimple": 160, "AttentionAlignLoadToyModel": 160, "CLIPTextEncode": 160, "EmptyLatentImage": 160, "KSampler": 262,
+HEIGHT = {"UNETLoader": 110, "DualCLIPLoader": 160, "TripleCLIPLoader": 135, "VAELoader": 85, "FluxGuidance": 85,
+          "EmptySD3LatentImage": 135, "CheckpointLoaderSimple": 160, "AttentionAlignLoadToyModel": 160, "CLIPTextEncode": 160, "EmptyLatentImage": 160, "KSampler": 262,
           "VAEDecode": 160, "SaveImage": 300, "PreviewImage": 300, "AttentionAlignTextSelfAttention": 176,
           "AttentionAlignCaptureCrossAttention": 160, "AttentionAlignApplyGuidance": 160,
           "AttentionAlignGuidedKSampler": 282, "AttentionAlignVisualize": 166, "AttentionAlignShowTokens": 260,
           "AttentionAlignTSAM": 202, "AttentionAlignAttendExcite": 246, "AttentionAlignSynGen": 198,
-          "AttentionAlignAttentionRegulation": 246, "AttentionAlignAttentionModulation": 246, "Note": 330}
+          "AttentionAlignAttentionRegulation": 246, "AttentionAlignAttentionModulation": 246, "AttentionAlignJointTemperature": 110, "Note": 330}
 TITLE_H, GAP_X, GAP_Y, MARGIN = 30, 60, 40, 40
 #: the view the frontend opens the workflows with: text is drawn from about 57 % zoom (LiteGraph's low-quality
 #: threshold at 1× pixel ratio); 75 % keeps widget text legible on a laptop screen
@@ -93,6 +105,53 @@ def capture_and_visualise() -> tuple[dict, list[list[str]]]:
         "11": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
     }
     return prompt, [["1", "5"], ["2", "3", "4"], ["6", "11"], ["7", "10"], ["8", "9"]]
+
+
+def capture_and_visualise_dit(family: str, method: dict | None = None, text: str | None = None,
+                              plot: bool = False) -> tuple[dict, list[list[str]]]:
+    """Capture and visualise on a DiT: its loaders, Text Self-Attention reading T5, the stock KSampler; with a
+    ``method`` node, its GUIDANCE applied to the model (Apply Guidance) before the capture."""
+    d = DIT[family]
+    if family == "flux":
+        loaders = {
+            "1": {"class_type": "UNETLoader", "inputs": {"unet_name": d["ckpt"], "weight_dtype": "default"}},
+            "12": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                              "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
+                                                              "device": "default"}},
+            "13": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        }
+        model, clip, vae = ["1", 0], ["12", 0], ["13", 0]
+    else:
+        loaders = {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": d["ckpt"]}},
+            "12": {"class_type": "TripleCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                                "clip_name2": "clip_g.safetensors",
+                                                                "clip_name3": "t5xxl_fp16.safetensors"}},
+        }
+        model, clip, vae = ["1", 0], ["12", 0], ["1", 2]
+    prompt, _ = capture_and_visualise()                 # the SD1.5 graph, with the family's loaders and settings
+    del prompt["1"]
+    prompt.update(loaders)
+    prompt["2"]["inputs"]["clip"], prompt["3"]["inputs"] = clip, {"clip": clip, "text": ""}
+    prompt["4"]["inputs"]["model"], prompt["7"]["inputs"]["vae"] = model, vae
+    prompt["5"] = {"class_type": "EmptySD3LatentImage",
+                   "inputs": {"width": d["size"], "height": d["size"], "batch_size": 1}}
+    prompt["6"]["inputs"].update(steps=d["steps"], cfg=d["cfg"], sampler_name=d["sampler"], scheduler=d["scheduler"])
+    first = ["1", "12"] + (["13"] if "13" in prompt else []) + ["5"]
+    if text is not None:
+        prompt["2"]["inputs"]["text"] = text
+    if method is not None:                   # method → Apply Guidance → Capture: the stock KSampler applies it
+        prompt["15"], prompt["16"] = method, {"class_type": "AttentionAlignApplyGuidance",
+                                              "inputs": {"model": model, "guidance": ["15", 0]}}
+        prompt["4"]["inputs"]["model"] = ["16", 0]
+        if plot:                             # the loss per step beside the maps
+            prompt["8"]["inputs"]["guidance_log"] = ["16", 1]
+        first = first + ["15", "16"]
+    if family == "flux":                     # Flux-dev is guidance-distilled: cfg 1, the guidance goes in the prompt
+        prompt["14"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["2", 2], "guidance": 3.5}}
+        prompt["6"]["inputs"]["positive"] = ["14", 0]
+        return prompt, [first, ["2", "3", "4"], ["14", "6", "11"], ["7", "10"], ["8", "9"]]
+    return prompt, [first, ["2", "3", "4"], ["6", "11"], ["7", "10"], ["8", "9"]]
 
 
 def _head(prompt_text: str) -> dict:
@@ -214,11 +273,43 @@ STEPS = {"capture_and_visualise": "20 (any count works)", "tsam": "50 (the paper
          "attention_modulation": "30 (phases are fractions of the steps)"}
 MAKERS = {"capture_and_visualise": capture_and_visualise, "tsam": tsam, "attention_regulation": attention_regulation,
           "attention_modulation": attention_modulation, "attend_and_excite": attend_and_excite, "syngen": syngen}
-WORKFLOWS = {f"{graph}_{family}.json": (graph, family) for graph in MAKERS for family in FAMILIES}
+def joint_temperature_dit(family: str) -> tuple[dict, list[list[str]]]:
+    return capture_and_visualise_dit(family, {"class_type": "AttentionAlignJointTemperature",
+                                              "inputs": {"gamma": 1.2, "until": 0.1}})
+
+
+def _dit_method(family: str, unet_graph) -> tuple[dict, list[list[str]]]:
+    """A gradient method's graph on a DiT: the SD1.5 graph's prompt and method node, read at level 16 (every joint
+    block) and applied with Apply Guidance before the capture."""
+    unet, _ = unet_graph()
+    method = unet["4"]
+    method["inputs"]["level"] = 16
+    return capture_and_visualise_dit(family, method, text=unet["2"]["inputs"]["text"], plot=True)
+
+
+#: the graphs that run on DiT models (Flux, SD3.5), made per family
+DIT_MAKERS = {"capture_and_visualise": capture_and_visualise_dit, "joint_temperature": joint_temperature_dit,
+              "attend_and_excite": lambda family: _dit_method(family, attend_and_excite),
+              "syngen": lambda family: _dit_method(family, syngen)}
+WORKFLOWS = {**{f"{graph}_{family}.json": (graph, family) for graph in MAKERS for family in FAMILIES},
+             **{f"{graph}_{family}.json": (graph, family) for graph in DIT_MAKERS for family in DIT}}
 
 
 def note_text(graph: str, family: str) -> str:
     """The workflow's Note: what to change for a real checkpoint of its family, and what to type."""
+    if family in DIT:
+        d = DIT[family]
+        return (f"Set up for {d['name']} (a DiT: the maps are the image→text part of its joint attention, at image "
+                f"÷16).\n\n{d['files']}\n"
+                f"Empty SD3 Latent Image: {d['size']}×{d['size']}. Steps: {d['steps']}, cfg {d['cfg']:g}"
+                + (" (Flux-dev is guidance-distilled: FluxGuidance 3.5 sets its guidance)" if family == "flux" else "")
+                + ".\n\nWords: type your prompt in Text Self-Attention (it reads T5 and is also the positive prompt) "
+                "and, optionally, the words to draw in Visualize Attention ('car, bench'; empty = every word)."
+                + ("\n\nJoint Attention Temperature: gamma 1.2 for the first tenth of the steps (TACA's setting); "
+                   "no words to type." if graph == "joint_temperature" else "")
+                + (f"\n\n{WORDS[graph]} Level 16: the maps of every joint-attention block (the only level a DiT "
+                   "has). No official DiT settings exist for this method; these are its SD1.5 ones (gsn-factory "
+                   "uses the same on SD3)." if graph in MAKERS and graph != "capture_and_visualise" else ""))
     if family == "toy":
         return (f"Set up for the pack's toy model: a small text-to-image model of coloured shapes (circle, square, "
                 f"triangle, star, cross, heart × red, green, blue, yellow, purple, orange, white), trained by "
@@ -285,8 +376,11 @@ def for_family(prompt: dict, family: str, graph: str = "") -> dict:
 def ui_workflow(name: str, host: ComfyHost) -> dict:
     """The UI-format workflow ``name`` as the generator writes it from today's node schemas (with its Note)."""
     graph, family = WORKFLOWS[name]
-    prompt, columns = MAKERS[graph]()
-    prompt = for_family(prompt, family, graph)
+    if family in DIT:
+        prompt, columns = DIT_MAKERS[graph](family)
+    else:
+        prompt, columns = MAKERS[graph]()
+        prompt = for_family(prompt, family, graph)
     note_id = str(max(int(k) for k in prompt) + 1)
     columns[0].append(note_id)
     positions, sizes, view = layout({**prompt, note_id: {"class_type": "Note"}}, host, columns)

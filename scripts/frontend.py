@@ -60,7 +60,7 @@ class ComfyServer:
     """``main.py --cpu`` on 127.0.0.1 with a private base directory; use as a context manager."""
 
     def __init__(self, base_dir: Path, comfy_path: Path | None = None, checkpoints: dict[str, Path] | None = None,
-                 python: str = sys.executable, threads: int = 0):
+                 python: str = sys.executable, threads: int = 0, tiny_dit: bool = False):
         self.threads = threads                       # > 0: the server's torch CPU threads (OMP_NUM_THREADS)
         self.comfy_path = Path(comfy_path or find_comfyui())
         self.base_dir = Path(base_dir)
@@ -69,6 +69,12 @@ class ComfyServer:
         link = self.base_dir / "custom_nodes" / PACK_NAME
         if not link.exists():
             link.symlink_to(REPO_ROOT, target_is_directory=True)
+        if tiny_dit:                                 # the development loader of tiny DiTs (scripts/tiny_dit.py)
+            import tiny_dit as tiny_dit_module
+
+            dev = self.base_dir / "custom_nodes" / "attention_align_dev_tiny_dit"
+            dev.mkdir(exist_ok=True)
+            (dev / "__init__.py").write_text(tiny_dit_module.SERVER_PACKAGE.format(scripts=str(REPO_ROOT / "scripts")))
         for name, path in (checkpoints or {}).items():
             target = self.base_dir / "models" / "checkpoints" / name
             if not target.exists():

@@ -9,8 +9,9 @@
 
 Every workflow runs headless (in-process ComfyUI on the CPU). The ``_toy`` workflows run as they are, on the pack's
 toy model; the SD1.5 and SDXL ones need checkpoints no CI machine has, so they run on the tiny random-weight model
-(``--ckpt`` another file) at ``--size`` px and ``--steps`` steps: their thumbnails show noise, by design. The help
-pages' pictures come from the toy runs.
+(``--ckpt`` another file) at ``--size`` px and ``--steps`` steps, and the Flux / SD3.5 ones on tiny random-weight
+DiTs (``scripts/tiny_dit.py``): their thumbnails show noise, by design. The help pages' pictures come from the toy
+runs. ``--only NAME …`` renders just those workflows' thumbnails and the help pictures taken from them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import tiny_dit
 from headless import REPO_ROOT, ComfyHost, find_comfyui, ui_to_api
 from run_workflow import TINY, tiny_workflow
 
@@ -42,6 +44,7 @@ DOC_PICTURES = {
     "AttentionAlignApplyGuidance": ("attention_regulation_toy", "maps"),
     "AttentionAlignLoadToyModel": ("capture_and_visualise_toy", "maps"),
     "AttentionAlignReport": ("attend_and_excite_toy", "report"),
+    "AttentionAlignJointTemperature": ("joint_temperature_flux", "maps"),
 }
 
 
@@ -129,7 +132,12 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="checkpoint file to run on (default: the tiny random-weight model)")
     ap.add_argument("--size", type=int, default=160, help="image size in px (default 160)")
     ap.add_argument("--steps", type=int, default=10, help="sampler steps (default 10)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="render only these workflows (file names in example_workflows/) and their help pictures")
     a = ap.parse_args()
+    unknown = sorted(set(a.only or ()) - set(build_workflows.WORKFLOWS))
+    if unknown:
+        sys.exit(f"--only: {', '.join(unknown)} not among the workflows: {', '.join(sorted(build_workflows.WORKFLOWS))}")
 
     comfy = find_comfyui()
     if comfy is None:
@@ -144,16 +152,22 @@ def main() -> None:
         ckpt = TINY
         tiny_checkpoint.build(str(host.checkpoint_path(ckpt)), layout="tiny", fp16=True, seed=0)
     taken: dict[str, dict] = {}
-    for name in build_workflows.WORKFLOWS:
+    tiny_dit.register(host)
+    for name in a.only or build_workflows.WORKFLOWS:
         stem = Path(name).stem
         path = REPO_ROOT / "example_workflows" / name
         ui = json.loads(path.read_text())
-        if not stem.endswith("_toy"):
-            ui = tiny_workflow(ui, host, a.size, a.steps, ckpt=ckpt)
-        prompt = ui_to_api(ui, host)
+        family = build_workflows.WORKFLOWS[name][1]
+        if family in build_workflows.DIT:
+            prompt = tiny_dit.on_tiny_dit(ui_to_api(ui, host), family, size=a.size, steps=a.steps)
+        else:
+            if not stem.endswith("_toy"):
+                ui = tiny_workflow(ui, host, a.size, a.steps, ckpt=ckpt)
+            prompt = ui_to_api(ui, host)
         if stem == "attend_and_excite_toy":
             prompt = with_report(prompt)
-        print(f"running {name} on {'the toy model' if stem.endswith('_toy') else ckpt} …", flush=True)
+        where = "the toy model" if stem.endswith("_toy") else f"a tiny {family}" if family in build_workflows.DIT else ckpt
+        print(f"running {name} on {where} …", flush=True)
         host.run(prompt, fresh=True, workflow=ui)
         taken[stem] = _images(host, prompt, host.ui_outputs)
         if "maps" not in taken[stem]:
@@ -164,6 +178,8 @@ def main() -> None:
     img_dir = REPO_ROOT / "web" / "docs" / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     for node_id, (stem, what) in DOC_PICTURES.items():
+        if stem not in taken:                   # --only: the pictures of the workflows rendered
+            continue
         out = img_dir / f"{node_id}.png"
         doc_picture(taken[stem][what]).save(out, optimize=True)
         print("wrote", out.relative_to(REPO_ROOT))

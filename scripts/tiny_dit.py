@@ -12,7 +12,8 @@ laptop, so this builds:
   3 (SD3 reads CLIP's penultimate layer). Flux's T5 is 64 wide (the tiny Flux reads a 64-wide context); SD3's must be 4096 wide, because SD3
   concatenates the CLIP-L/G tokens, padded to 4096 channels, with T5's.
 
-Initialisation: every matrix normal(0, gain/√fan_in) (signal-preserving; the q/k/v projections get ``QK_GAIN`` so
+The diffusion models' weights end up as ComfyUI's loaders leave them (inference tensors, no grad), so the pack's
+gradient passes meet what they meet on a real checkpoint. Initialisation: every matrix normal(0, gain/√fan_in) (signal-preserving; the q/k/v projections get ``QK_GAIN`` so
 attention maps are peaked and depend on the input), norms' scales 1, every other vector 0, and MMDiT's positional
 table its fixed sin-cos values. ComfyUI must be importable.
 """
@@ -69,9 +70,18 @@ def init_random_(module, *, seed: int = 0) -> None:
 
 
 def _patcher(model):
+    """A ``ModelPatcher`` of ``model`` with its weights as ComfyUI's loaders leave them: inference tensors, no grad."""
     import comfy.model_management as mm
     import comfy.model_patcher
+    import torch
 
+    with torch.inference_mode():
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, t in list(table.items()):
+                    if t is not None:
+                        table[name] = torch.nn.Parameter(t.clone(), requires_grad=False) \
+                            if isinstance(t, torch.nn.Parameter) else t.clone()
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
@@ -133,3 +143,94 @@ def sd3_clip(*, seed: int = 1):
     return _clip(comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip(),
                  {"clip_l_model_config": CLIP_L_SMALL, "clip_g_model_config": CLIP_G_SMALL,
                   "t5xxl_model_config": T5_SD3}, seed=seed)
+
+
+def tiny_vae(*, seed: int = 2):
+    """A small random-weight ``AutoencoderKL`` with Flux's / SD3's 16 latent channels (÷8), as a ComfyUI ``VAE``."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    params = dict(embed_dim=16, ddconfig=dict(double_z=True, z_channels=16, resolution=256, in_channels=3, out_ch=3,
+                                              ch=32, ch_mult=[1, 2, 2, 2], num_res_blocks=1, attn_resolutions=[],
+                                              dropout=0.0))
+    model = AutoencoderKL(**params)
+    init_random_(model, seed=seed)
+    vae = comfy.sd.VAE(sd=model.state_dict(), config={"params": params})
+    vae.latent_channels = 16
+    return vae
+
+
+# -- example workflows on tiny DiTs -------------------------------------------------------------------------------
+#: the node type tests and scripts register (never shipped in the pack) in place of a DiT workflow's loaders
+TINY_LOADER = "DevTinyDiTLoader"
+#: loader class → {its output slot: the tiny loader's slot (0 MODEL, 1 CLIP, 2 VAE)}
+LOADER_SLOTS = {"UNETLoader": {0: 0}, "DualCLIPLoader": {0: 1}, "TripleCLIPLoader": {0: 1}, "VAELoader": {0: 2},
+                "CheckpointLoaderSimple": {0: 0, 1: 1, 2: 2}}
+_CACHE: dict = {}
+
+
+def tiny_family(family: str):
+    """(MODEL, CLIP, VAE) of a tiny ``flux`` or ``sd35`` model, built once per process."""
+    if family not in _CACHE:
+        if family == "flux":
+            _CACHE[family] = (flux_model(), flux_clip(), tiny_vae())
+        elif family == "sd35":
+            _CACHE[family] = (mmdit_model(), sd3_clip(), tiny_vae())
+        else:
+            raise ValueError(f"family: '{family}' is not a DiT family; choose flux or sd35")
+    return _CACHE[family]
+
+
+class TinyDiTLoader:
+    """A development-only ComfyUI node (registered by tests and scripts): a tiny DiT family's MODEL, CLIP and VAE."""
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "development"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": (["flux", "sd35"],)}}
+
+    def load(self, family: str):
+        return tiny_family(family)
+
+
+def register(host) -> None:
+    """Make :class:`TinyDiTLoader` available to ``host`` (an in-process ComfyUI)."""
+    host.nodes.NODE_CLASS_MAPPINGS[TINY_LOADER] = TinyDiTLoader
+
+
+#: a custom-node package that registers the loader in a ComfyUI server process (``frontend.ComfyServer``)
+SERVER_PACKAGE = """import sys
+sys.path.insert(0, {scripts!r})
+import tiny_dit
+NODE_CLASS_MAPPINGS = {{tiny_dit.TINY_LOADER: tiny_dit.TinyDiTLoader}}
+"""
+
+
+def on_tiny_dit(prompt: dict, family: str, *, size: int = 96, steps: int | None = 3) -> dict:
+    """A copy of an API prompt of a DiT workflow whose loaders are replaced by the tiny ``family`` (one
+    :data:`TINY_LOADER` node), every SD3 empty latent ``size`` px and every KSampler ``steps`` steps."""
+    import copy
+
+    out = copy.deepcopy(prompt)
+    loaders = [nid for nid, node in out.items() if node["class_type"] in LOADER_SLOTS]
+    if not loaders:
+        raise ValueError("prompt: no DiT loader (UNETLoader, DualCLIPLoader, TripleCLIPLoader, VAELoader, "
+                         "CheckpointLoaderSimple) to replace")
+    slots = {nid: LOADER_SLOTS[out[nid]["class_type"]] for nid in loaders}
+    tiny = loaders[0]
+    for nid in loaders[1:]:
+        del out[nid]
+    out[tiny] = {"class_type": TINY_LOADER, "inputs": {"family": family}}
+    for node in out.values():
+        inputs = node["inputs"]
+        for name, value in inputs.items():
+            if isinstance(value, list) and len(value) == 2 and value[0] in slots:
+                inputs[name] = [tiny, slots[value[0]][value[1]]]
+        if node["class_type"] == "EmptySD3LatentImage":
+            inputs["width"] = inputs["height"] = size
+        if steps is not None and node["class_type"] == "KSampler":
+            inputs["steps"] = steps
+    return out

@@ -25,7 +25,7 @@ def page(host, tiny_ckpt, tmp_path_factory):
     if reason:
         pytest.skip(reason)
     server = frontend.ComfyServer(tmp_path_factory.mktemp("browser_base"),
-                                  checkpoints={tiny_ckpt: host.checkpoint_path(tiny_ckpt)}).start()
+                                  checkpoints={tiny_ckpt: host.checkpoint_path(tiny_ckpt)}, tiny_dit=True).start()
     try:
         with frontend.Frontend(server) as fe:
             yield fe
@@ -35,9 +35,18 @@ def page(host, tiny_ckpt, tmp_path_factory):
 
 def _tiny(path, host, tiny_ckpt):
     """On the tiny model an SDXL file becomes its SD1.5 twin's graph, which the server would answer from its cache
-    (nothing runs, no progress): the SDXL files run at SIZE + 32 px."""
+    (nothing runs, no progress): the SDXL files run at SIZE + 32 px. A Flux / SD3.5 file gets the tiny DiT of its
+    family in place of its loaders."""
+    import build_workflows
+    import tiny_dit
+    from headless import api_to_ui, ui_to_api
     from run_workflow import tiny_workflow
 
+    family = build_workflows.WORKFLOWS[path.name][1]
+    if family in build_workflows.DIT:
+        tiny_dit.register(host)
+        return api_to_ui(tiny_dit.on_tiny_dit(ui_to_api(json.loads(path.read_text()), host), family, size=SIZE,
+                                              steps=STEPS), host)
     size = SIZE + 32 if path.stem.endswith("_sdxl") else SIZE
     return tiny_workflow(json.loads(path.read_text()), host, size=size, steps=STEPS, ckpt=tiny_ckpt)
 
@@ -90,7 +99,7 @@ def test_show_tokens_text_is_drawn_on_the_node(page, host, tiny_ckpt):
 def test_the_pack_has_one_name_in_category_badge_and_titles(page):
     defs = page.server.get("/object_info")
     ours = {k: v for k, v in defs.items() if k.startswith("AttentionAlign")}
-    assert len(ours) == 13
+    assert len(ours) == 14
     page.load(json.loads((ROOT / "example_workflows" / "attention_modulation_sd15.json").read_text()))
     badges = {b for n in page.nodes() if n["type"].startswith("AttentionAlign") for b in n["badges"]}
     (name,) = badges

@@ -117,8 +117,14 @@ def test_capture_works_with_other_samplers(dit, sampler):
 def test_t5_text_attention_equals_an_independent_computation(dit):
     """Layer 0 of T5 by hand: ``softmax(q kᵀ + relative-position bias)`` (T5 does not scale by 1/√d), from the
     token embeddings; and ``o(P v)`` reproduces the layer's own output."""
-    ta, _, cond = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args
+    ta, image, cond = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args
     assert ta.encoder == "t5xxl" and ta.offset == 0 and cond[0][0].shape[1] == 256
+    render = dit.host.pack_module("nodes._render")
+    title = "T = text self-attention^3 (t5xxl)"
+    causal = render.matrix_tile(ta.target(), ta.prompt_labels, (512, 512), title, lower_only=True)
+    assert torch.equal(image[0], render.matrix_tile(ta.target(), ta.prompt_labels, (512, 512), title,
+                                                    lower_only=False))
+    assert not torch.equal(image[0], causal)                                 # T5 attends both ways: drawn whole
     assert [w.label for w in ta.words] == ["a", "red", "car", "and", "a#2", "blue", "bench"]
     t5 = dit.flux_clip.cond_stage_model.t5xxl.transformer
     ids = torch.tensor([[i if i is not None else 0 for i in ta.token_ids]])
@@ -177,16 +183,14 @@ def test_visualize_refuses_a_text_attention_beyond_the_recorded_context(dit):
 
 def test_methods_say_what_dit_support_there_is(dit):
     ta = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args[0]
-    with pytest.raises(ValueError, match="T5 .*Attend-and-Excite works with CLIP prompts"):
-        dit.host.node_class("AttentionAlignAttendExcite").execute(ta, "car", "builtin", "official", 1.0, 20.0, 25, 20,
-                                                                  16)
+    with pytest.raises(ValueError, match="T5 .*T-SAM works with CLIP prompts.*Attend-and-Excite, SynGen"):
+        dit.host.node_class("AttentionAlignTSAM").execute(ta, "paper", 1.0, 5.0, 30, "official", 0.14, 16)
     clip_ta = dit.text.execute(dit.sd3_clip, PROMPT, "clip_l", 3.0).args[0]
-    guidance = dit.host.node_class("AttentionAlignAttendExcite").execute(
-        clip_ta, "car", "builtin", "official", 1.0, 20.0, 25, 20, 32).args[0]
-    with pytest.raises(ValueError, match="OpenAISignatureMMDITWrapper.*Capture Cross-Attention and Visualize"):
-        dit.host.node_class("AttentionAlignApplyGuidance").execute(dit.mmdit, guidance)
-    with pytest.raises(ValueError, match="network is Flux, which has no UNet cross-attention"):
-        dit.host.node_class("AttentionAlignApplyGuidance").execute(dit.flux, guidance)
+    regulation = dit.host.node_class("AttentionAlignAttentionRegulation").execute(
+        clip_ta, "car", "builtin", 0, 25, 20, 100.0, 32).args[0]
+    for model, name in ((dit.mmdit, "OpenAISignatureMMDITWrapper"), (dit.flux, "Flux")):
+        with pytest.raises(ValueError, match=f"network is {name}, which has no UNet cross-attention.*Attend-and-Excite"):
+            dit.host.node_class("AttentionAlignApplyGuidance").execute(model, regulation)
 
 
 def test_an_unsupported_dit_is_named(dit):
@@ -199,3 +203,166 @@ def test_an_unsupported_dit_is_named(dit):
     pixart = tiny_dit._patcher(config.get_model({}))
     with pytest.raises(ValueError, match="PixArtMS, which Attention Align does not support.*Flux.*SD3"):
         dit.capture.execute(pixart, 0, False)
+
+
+class HandTemperature:
+    """A test-side reference for TACA: an ``optimized_attention_override`` that computes every joint attention
+    by hand (float64), the image-query × text-key logits × γ while step / steps < ``until``."""
+
+    def __init__(self, text: int, gamma: float, until: float):
+        self.text, self.gamma, self.until, self.edited = text, gamma, until, 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, func, *args, **kwargs):
+        q, k, v = args[0], args[1], args[2]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        skip = kwargs.get("skip_reshape", False)
+        if not skip:
+            b, n, inner = q.shape
+            q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+        to = kwargs["transformer_options"]
+        schedule = to["sample_sigmas"].tolist()
+        sigma = float(to["sigmas"][0])
+        step = max(i for i, s in enumerate(schedule[:-1]) if s >= sigma)
+        if k.shape[-2] <= self.text or step / (len(schedule) - 1) >= self.until:
+            return func(*args, **kwargs)
+        self.edited += 1
+        s = q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
+        s[:, :, self.text:, :self.text] *= self.gamma
+        out = (s.softmax(-1) @ v.double()).to(q.dtype)
+        return out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
+
+
+def temperature(dit, gamma, until):
+    return dit.host.node_class("AttentionAlignJointTemperature").execute(gamma, until).args[0]
+
+
+@pytest.mark.parametrize("kind", ["flux", "mmdit"])
+def test_joint_temperature_equals_the_hand_computed_attention(dit, kind):
+    """γ on the image→text logits inside the joint softmax at steps 0 and 1 of 4 (phase < 0.3), both CFG branches,
+    every block; the sampled latent matches a by-hand attention (the only difference: kernel vs float64)."""
+    model = getattr(dit, kind)
+    clip = dit.flux_clip if kind == "flux" else dit.sd3_clip
+    pos, neg = encode(clip, PROMPT), encode(clip, "blurry")
+    cfg = 1.0 if kind == "flux" else 4.0
+    apply = dit.host.node_class("AttentionAlignApplyGuidance")
+    edited, _ = apply.execute(model, temperature(dit, 1.5, 0.3)).args
+    out = sample(edited, pos, neg, cfg=cfg, steps=4)
+    reference = model.clone()
+    hand = HandTemperature(pos[0][0].shape[1], 1.5, 0.3)
+    reference.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = hand
+    expected = sample(reference, pos, neg, cfg=cfg, steps=4)
+    stock = sample(model, pos, neg, cfg=cfg, steps=4)
+    assert hand.edited == 2 * (4 if kind == "flux" else 3)                  # 2 steps × every block
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert (out - stock).abs().max() > 100 * (out - expected).abs().max()    # the edit is far above that tolerance
+
+
+def test_joint_temperature_off_is_the_stock_model_bit_for_bit(dit):
+    pos, neg = encode(dit.sd3_clip, PROMPT), encode(dit.sd3_clip, "")
+    stock = sample(dit.mmdit, pos, neg, cfg=3.0)
+    apply = dit.host.node_class("AttentionAlignApplyGuidance")
+    for gamma, until in ((1.0, 1.0), (1.2, 0.0)):
+        edited, _ = apply.execute(dit.mmdit, temperature(dit, gamma, until)).args
+        assert torch.equal(sample(edited, pos, neg, cfg=3.0), stock), (gamma, until)
+
+
+def test_joint_temperature_through_the_guided_ksampler_with_capture(dit):
+    """The Guided KSampler takes the edit too; its maps (image ÷16) are the edited attention's, so they differ
+    from a stock run's while every pixel still sums to 1 over the tokens."""
+    ta, _, pos = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args
+    neg = encode(dit.flux_clip, "")
+    latent = {"samples": torch.zeros(1, 16, 12, 10)}
+    ks = dit.host.node_class("AttentionAlignGuidedKSampler")
+    _, maps, log = ks.execute(dit.flux, 4, 3, 1.0, "euler", "simple", pos, neg, latent, 1.0,
+                              temperature(dit, 2.0, 1.0)).args
+    _, plain, _ = ks.execute(dit.flux, 4, 3, 1.0, "euler", "simple", pos, neg, latent, 1.0,
+                             temperature(dit, 1.0, 1.0)).args
+    assert maps.levels() == [16] and log.method == "Joint Attention Temperature"
+    torch.testing.assert_close(maps.mean(16).sum(1), torch.ones(1, 6, 5))
+    assert not torch.allclose(maps.mean(16), plain.mean(16))
+
+
+def test_joint_temperature_refuses_a_unet(dit, loaded):
+    model = loaded[0]
+    with pytest.raises(ValueError, match="Joint Attention Temperature edits the joint attention of DiT models"):
+        dit.host.node_class("AttentionAlignApplyGuidance").execute(model, temperature(dit, 1.2, 0.1))
+
+
+# -- gradient methods (Attend-and-Excite, SynGen) on DiTs: latent updates in the flow-matching parameterisation ----
+def method_guidance(dit, clip, name, **kw):
+    ta = dit.text.execute(clip, PROMPT, "auto", 3.0).args[0]
+    if name == "A&E":
+        args = (ta, "car, bench", "builtin", "official", kw.get("strength", 1.0), kw.get("scale", 20.0),
+                kw.get("guided", 25), kw.get("refine", 0), 16)
+        return ta, dit.host.node_class("AttentionAlignAttendExcite").execute(*args).args[0]
+    args = (ta, "red car; blue bench", "builtin", kw.get("strength", 1.0), kw.get("scale", 20.0), kw.get("guided", 25),
+            16)
+    return ta, dit.host.node_class("AttentionAlignSynGen").execute(*args).args[0]
+
+
+@pytest.mark.parametrize("kind,name", [("flux", "A&E"), ("flux", "SynGen"), ("mmdit", "A&E"), ("mmdit", "SynGen")])
+def test_gradient_methods_lower_their_loss_at_each_guided_step(dit, kind, name):
+    """The loss at the updated latent (same σ) is below the loss before the update, at every guided step; on SD3
+    with CFG, through its activation-checkpointed joint blocks, and reading T5's words after the CLIP tokens."""
+    from conftest import guide
+
+    model = getattr(dit, kind)
+    clip = dit.flux_clip if kind == "flux" else dit.sd3_clip
+    ta, guidance = method_guidance(dit, clip, name)
+    m, log = guide(dit.G, model, guidance, verify=True)
+    neg = encode(clip, "")
+    sample(m, ta_conditioning(dit, clip), neg, cfg=1.0 if kind == "flux" else 3.0, steps=4, batch=2)
+    assert [r.step for r in log.steps] == [0, 1]                               # 25 of 50 → 2 of 4 steps
+    for rec in log.steps:
+        assert torch.all(rec.loss_after < rec.loss_final), (rec.step, rec.loss_final, rec.loss_after)
+
+
+def ta_conditioning(dit, clip):
+    return dit.text.execute(clip, PROMPT, "auto", 3.0).args[2]
+
+
+def test_attend_and_excite_reads_t5s_span_of_the_context(dit):
+    """The loss by hand from the captured maps: softmax(100·A) over T5's tokens after its 77 CLIP tokens on SD3
+    (up to the last one, as the official −1), smoothed, 1 − the weaker subject's peak."""
+    from conftest import guide
+
+    ta, guidance = method_guidance(dit, dit.sd3_clip, "A&E", strength=0.0)
+    m, log = guide(dit.G, dit.mmdit, guidance)
+    captured, board = dit.G.captured_model(m, 16, keep_steps=True)
+    sample(captured, ta_conditioning(dit, dit.sd3_clip), encode(dit.sd3_clip, ""), cfg=3.0, steps=4)
+    smooth = dit.host.pack_module("guidance.smoothing").smooth_maps
+    maps = board.records[-1].steps[0].mean(16)                               # the sampler's evaluation at step 0
+    a = torch.softmax(100 * maps[:, 77:153], dim=1)
+    car, bench = (next(w for w in ta.words if w.text == t).positions[0] - 77 for t in ("car", "bench"))
+    peaks = smooth(a[:, [car, bench]]).flatten(-2).max(-1).values
+    torch.testing.assert_close(log.steps[0].loss_before, (1 - peaks).clamp_min(0).max(-1).values, rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "heun", "euler_ancestral", "uni_pc"])
+def test_dit_update_persists_and_strength_zero_is_stock(dit, sampler):
+    """As on UNets: with guidance at step 0 only, the result is the stock sampler restarted from the updated latent
+    (a sampler with no exact in-place option: its step-0-alone solver first); strength 0 is the stock result bit for
+    bit."""
+    from conftest import guide
+    from test_host_engine import restarted
+
+    pos, neg = ta_conditioning(dit, dit.flux_clip), encode(dit.flux_clip, "")
+    paths = dit.host.pack_module("nodes._samplers")
+    exact = sampler in paths.IN_PLACE or sampler in paths.CHUNKED_EXACT
+    stock = sample(dit.flux, pos, neg, cfg=1.0, sampler=sampler)
+    assert not stock.requires_grad
+    zero, _ = guide(dit.G, dit.flux, method_guidance(dit, dit.flux_clip, "SynGen", strength=0.0)[1])
+    if exact:                  # the others run their guided steps one at a time (README, Samplers), as on UNets
+        assert torch.equal(sample(zero, pos, neg, cfg=1.0, sampler=sampler), stock)
+    m, log = guide(dit.G, dit.flux, method_guidance(dit, dit.flux_clip, "SynGen", strength=50.0, guided=10)[1],
+                   verify=True)
+    guided = sample(m, pos, neg, cfg=1.0, sampler=sampler)
+    assert [r.step for r in log.steps] == [0]
+    assert (guided - stock).abs().max() > 1e-3
+    ref = sample(restarted(dit.flux, log.steps[0].x_after, chunk_first=not exact), pos, neg, cfg=1.0,
+                 sampler=sampler)
+    assert torch.equal(guided, ref)

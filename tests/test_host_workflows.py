@@ -33,15 +33,24 @@ def test_workflow_file_matches_the_node_schemas(host, path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs_headless_on_the_tiny_model(host, tiny_ckpt, path):
+    import build_workflows
+    import tiny_dit
     from headless import ui_to_api
     from PIL import Image
     from run_workflow import ProgressPrinter, tiny_workflow
 
-    # on the tiny model an SDXL file is its SD1.5 twin's graph, which ComfyUI would answer from its cache (the saved
-    # PNGs would carry the twin's workflow): the SDXL files run at 160 px
-    size = 160 if path.stem.endswith("_sdxl") else 128
-    ui = tiny_workflow(json.loads(path.read_text()), host, size=size, steps=3, ckpt=tiny_ckpt)
-    prompt = ui_to_api(ui, host)
+    family = build_workflows.WORKFLOWS[path.name][1]
+    if family in build_workflows.DIT:
+        # Flux / SD3.5 files: their loaders replaced by the tiny random-weight DiT of the family
+        tiny_dit.register(host)
+        ui = json.loads(path.read_text())
+        prompt = tiny_dit.on_tiny_dit(ui_to_api(ui, host), family)
+    else:
+        # on the tiny model an SDXL file is its SD1.5 twin's graph, which ComfyUI would answer from its cache (the
+        # saved PNGs would carry the twin's workflow): the SDXL files run at 160 px
+        size = 160 if path.stem.endswith("_sdxl") else 128
+        ui = tiny_workflow(json.loads(path.read_text()), host, size=size, steps=3, ckpt=tiny_ckpt)
+        prompt = ui_to_api(ui, host)
     printer = ProgressPrinter(host, out=io.StringIO())
     printer.start(prompt)
     try:
@@ -77,16 +86,20 @@ def test_workflow_note_says_what_to_change_for_its_family(path):
     import build_workflows
 
     graph, family = build_workflows.WORKFLOWS[path.name]
-    f = build_workflows.FAMILIES[family]
+    f = {**build_workflows.FAMILIES, **build_workflows.DIT}[family]
     nodes = json.loads(path.read_text())["nodes"]
     (note,) = [n for n in nodes if n["type"] == "Note"]
     text = note["widgets_values"][0]
     assert f["ckpt"] in text and f"{f['size']}×{f['size']}" in text and "Steps:" in text and "Words:" in text
-    sizes = {n["widgets_values"][0] for n in nodes if n["type"] == "EmptyLatentImage"}
+    sizes = {n["widgets_values"][0] for n in nodes if n["type"] in ("EmptyLatentImage", "EmptySD3LatentImage")}
     assert sizes == {f["size"]}, (path.name, sizes)
 
 
 def test_there_are_sdxl_workflows_for_every_graph():
+    import build_workflows
+
     stems = {p.stem for p in WORKFLOWS}
-    for stem in {s.rsplit("_", 1)[0] for s in stems}:
-        assert {f"{stem}_sd15", f"{stem}_sdxl"} <= stems, stem
+    for graph in build_workflows.MAKERS:
+        assert {f"{graph}_sd15", f"{graph}_sdxl", f"{graph}_toy"} <= stems, graph
+    for graph in build_workflows.DIT_MAKERS:                     # the graphs that run on Flux and SD3.5
+        assert {f"{graph}_flux", f"{graph}_sd35"} <= stems, graph

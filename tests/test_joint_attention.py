@@ -72,6 +72,9 @@ def test_t5_text_attention_starts_at_zero_and_sits_at_its_offset():
     t = probs.mean((0, 1))[:2, :2] ** 3
     torch.testing.assert_close(ta.target(), t / (t.sum(-1, keepdim=True) + 1e-7))
     assert ta.target()[0, 1] > 0                                              # bidirectional: not triangular
+    bare = TextAttention(encoder="t5xxl", prompt="2", probs=probs[..., :3, :3], pieces=["▁", "2", "</s>"],
+                         token_ids=[1] * 3)
+    assert bare.prompt_labels == ["_", "2"] and [w.label for w in bare.words] == ["2"]
 
 
 def test_clip_text_attention_refuses_an_offset():
@@ -79,3 +82,58 @@ def test_clip_text_attention_refuses_an_offset():
     with pytest.raises(ValueError, match="starts the context"):
         TextAttention(encoder="clip_l", prompt="car", probs=torch.rand(1, 1, 3, 3), pieces=pieces,
                       token_ids=[0, 1, 2], offset=77)
+
+
+def _kernel(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+    """ComfyUI's kernel convention: [b, heads, L, d] with skip_reshape, else [b, L, heads·d]; returns [b, L, heads·d]."""
+    if not skip_reshape:
+        b, n, inner = q.shape
+        q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out if skip_output_reshape else out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["flux_layout", "mmdit_layout"])
+def test_temperature_scales_the_image_to_text_logits_inside_the_joint_softmax(skip):
+    """TACA's edit, by hand: the whole score matrix with its image-query × text-key block multiplied by γ, one
+    softmax over every key; the tap reaches it with two kernel calls. Observers see the edited P."""
+    torch.manual_seed(3)
+    layout, gamma, heads, d = JointLayout(4, (2, 3)), 1.7, 2, 8
+    q, k, v = (torch.randn(2, heads, 10, d, dtype=torch.float64) for _ in range(3))
+    scores = q @ k.transpose(-1, -2) / d ** 0.5
+    scores[:, :, 4:, :4] *= gamma
+    expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 10, heads * d)
+    seen = []
+    tap = JointAttentionTap(layout, seen.append, text_scale=gamma)
+    args = (q, k, v) if skip else tuple(t.transpose(1, 2).reshape(2, 10, heads * d) for t in (q, k, v))
+    out = tap(_kernel, *args, heads=heads, skip_reshape=skip)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(seen[0], scores[:, :, 4:, :4].softmax(-1))
+    untouched = JointAttentionTap(layout, None)(_kernel, *args, heads=heads, skip_reshape=skip)
+    plain = (q @ k.transpose(-1, -2) / d ** 0.5).softmax(-1) @ v
+    torch.testing.assert_close(untouched, plain.transpose(1, 2).reshape(2, 10, heads * d))
+
+
+def test_temperature_slices_a_mask_with_rows_and_keeps_a_broadcast_one():
+    torch.manual_seed(4)
+    layout, heads, d = JointLayout(3, (1, 2)), 1, 4
+    q, k, v = (torch.randn(1, heads, 5, d, dtype=torch.float64) for _ in range(3))
+    mask = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    mask[..., 3:, 1] = -torch.inf                                            # image rows may not see text token 1
+    scores = q @ k.transpose(-1, -2) / 2
+    scores[..., 3:, :3] *= 2.0
+    expected = ((scores + mask).softmax(-1) @ v).transpose(1, 2).reshape(1, 5, d)
+    out = JointAttentionTap(layout, None, text_scale=2.0)(_kernel, q, k, v, heads, mask=mask, skip_reshape=True)
+    torch.testing.assert_close(out, expected)
+    row = torch.zeros(1, 1, 1, 5, dtype=torch.float64)                       # one row for every query
+    out = JointAttentionTap(layout, None, text_scale=2.0)(_kernel, q, k, v, heads, mask=row, skip_reshape=True)
+    torch.testing.assert_close(out, (scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 5, d))
+
+
+def test_temperature_settings_refuse_bad_values():
+    from attention_align.guidance.joint_temperature import JointTemperatureSettings
+
+    with pytest.raises(ValueError, match="gamma: 0 is not allowed; it must be > 0"):
+        JointTemperatureSettings(gamma=0)
+    with pytest.raises(ValueError, match="until: 1.5 is not a phase"):
+        JointTemperatureSettings(until=1.5)

@@ -1,0 +1,57 @@
+"""A gradient-free image→text temperature on DiT joint attention, in the spirit of TACA (Lv et al., "Rethinking
+Cross-Modal Interaction in Multimodal Diffusion Transformers", ICCV 2025, ``Vchitect/TACA``).
+
+In joint attention the image tokens' rows are dominated by the many image keys, so the few text keys get little
+weight early on, when the layout forms. TACA multiplies the image-query × text-key logits by γ inside the joint
+softmax (TACA §3, its Eq. for the temperature-adjusted attention; released code: γ = 1.2 in every attention layer
+for the first 3 of 28–30 steps, both CFG branches, no LoRA needed for the training-free variant)::
+
+    S'[i, t] = γ · q_img[i]·k_txt[t] / √d        for image queries i and text keys t; every other logit unchanged
+    out = softmax_row(S') · V                    (the full joint softmax: image and text keys)
+
+Here γ applies while the sampler's phase p = step/N is below ``until`` (0.1 ≈ TACA's 3 of 30 steps). Multiplying
+those logits by γ is the same as scaling the text keys by γ for the image queries only, so the host's kernel still
+computes the attention (twice per block: the text queries with the keys as they are, the image queries with the
+text keys scaled): no attention matrix is materialised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .attention_patch import LayerCall
+from .modulation import phase
+
+
+@dataclass(frozen=True, kw_only=True)
+class JointTemperatureSettings:
+    """γ and the phase it applies in; :meth:`for_run` gives the editor of one sampling run."""
+
+    gamma: float = 1.2
+    until: float = 0.1
+    name: str = "Joint Attention Temperature"
+    joint: bool = True                  # an edit of DiT joint attention (not of UNet cross-attention)
+
+    def __post_init__(self) -> None:
+        if not self.gamma > 0:
+            raise ValueError(f"gamma: {self.gamma} is not allowed; it must be > 0 (1 = off, TACA: 1.2)")
+        if not 0 <= self.until <= 1:
+            raise ValueError(f"until: {self.until} is not a phase; it must be between 0 and 1 (TACA: 0.1)")
+
+    def for_run(self, layers=None) -> JointTemperatureEditor:
+        return JointTemperatureEditor(self, None if layers is None else frozenset(layers))
+
+
+class JointTemperatureEditor:
+    """The editor of one run: for a block call, the factor on its image→text logits (:meth:`text_scale`)."""
+
+    joint = True
+
+    def __init__(self, settings: JointTemperatureSettings, layers: frozenset | None):
+        self.settings, self.layers = settings, layers
+
+    def wants(self, call: LayerCall) -> bool:
+        return self.layers is None or call.key in self.layers
+
+    def text_scale(self, call: LayerCall) -> float:
+        """γ while the phase is below ``until``, else 1 (both CFG branches, as TACA)."""
+        return self.settings.gamma if phase(call) < self.settings.until else 1.0

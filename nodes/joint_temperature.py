@@ -1,0 +1,36 @@
+"""Node: a gradient-free image→text temperature on the joint attention of DiT models (TACA-style)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..guidance.joint_temperature import JointTemperatureSettings
+from ..guidance.method import AttentionEditGuidance
+from .types import CATEGORY, GuidanceType
+
+
+class JointTemperature(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AttentionAlignJointTemperature",
+            display_name="Joint Attention Temperature",
+            category=CATEGORY,
+            description="For Flux and SD3/SD3.5 (DiT): multiplies the image tokens' attention logits towards the "
+                        "prompt's tokens by gamma in every joint-attention block during the first steps, so the "
+                        "text weighs more while the layout forms (TACA, ICCV 2025, training-free). No gradients, no "
+                        "word list. Connect it to Apply Guidance (or the Guided KSampler).",
+            inputs=[
+                io.Float.Input("gamma", default=1.2, min=0.5, max=3.0, step=0.05,
+                               tooltip="Factor on the image→text logits (TACA: 1.2; 1 = off, above 1 sharpens the "
+                                       "text's pull on the image)."),
+                io.Float.Input("until", default=0.1, min=0.0, max=1.0, step=0.01,
+                               tooltip="Applies while step/steps is below this (TACA: the first 3 of 30 steps = "
+                                       "0.1; 0 = off)."),
+            ],
+            outputs=[GuidanceType.Output("guidance", display_name="guidance")],
+        )
+
+    @classmethod
+    def execute(cls, gamma: float, until: float) -> io.NodeOutput:
+        settings = JointTemperatureSettings(gamma=gamma, until=until)
+        return io.NodeOutput(AttentionEditGuidance(name=settings.name, cross_editor=settings, cross_level=16))
