@@ -25,7 +25,7 @@ import torch
 
 from ..guidance.attention_patch import PASS_KEY
 from ..guidance.engine import PassMaps
-from ._gradient_pass import DetachedControl
+from ._gradient_pass import DetachedControl, mutates_saved_tensors
 
 
 class FastCapture:
@@ -60,10 +60,9 @@ class FastCapture:
             return out
         positive = [{**c, "control": DetachedControl(c["control"])} if c.get("control") is not None else c
                     for c in conds[0]]
-        has_control = any(isinstance(c.get("control"), DetachedControl) for c in positive)
         store = PassMaps(self.read_layers, stop_graph=True)
-        mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if has_control else \
-            contextlib.nullcontext()
+        mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if mutates_saved_tensors(model, positive) \
+            else contextlib.nullcontext()
         with torch.inference_mode(False), torch.enable_grad(), mutation_ok:
             sigma = timestep.detach().clone()
             x = x_in.detach().clone()

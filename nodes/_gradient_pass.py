@@ -64,6 +64,14 @@ def _unet_view(model_k, x, sigma, denoise_mask, model_options):
     return x * denoise_mask + known * (1.0 - denoise_mask), denoise_mask
 
 
+def mutates_saved_tensors(base_model, conds) -> bool:
+    """Whether a pass with graph changes tensors autograd saved, so PyTorch's remedy (copy such a tensor when, and
+    only when, it is changed: ``allow_mutation_on_saved_tensors``) is needed: ComfyUI adds ControlNet residuals in
+    place (``h += ctrl``), and Flux's blocks add their own residuals in place (``txt += …``, ``x += …``)."""
+    has_control = any(isinstance(c.get("control"), DetachedControl) for c in conds)
+    return has_control or not isinstance(base_model.diffusion_model, UNetModel)
+
+
 class GradientPass:
     """``grad_fn`` for :func:`~..guidance.engine.guided_step`: one positive-only UNet pass with graph."""
 
@@ -73,11 +81,7 @@ class GradientPass:
         guider = model_k.inner_model
         self.base_model = guider.inner_model
         self.conds = _positive_conds(guider)
-        # ComfyUI adds control residuals in place (openaimodel.apply_control: h += ctrl), which autograd refuses for
-        # tensors it saved; PyTorch's own remedy clones such a tensor when (and only when) it is mutated.
-        self.has_control = any(isinstance(c.get("control"), DetachedControl) for c in self.conds)
-        # Flux's blocks add their residuals in place too (``txt += …``, ``x += …``), on tensors a norm saved
-        self.mutates = self.has_control or not isinstance(self.base_model.diffusion_model, UNetModel)
+        self.mutates = mutates_saved_tensors(self.base_model, self.conds)
         self.model_options = extra_args.get("model_options", {})
         # Truncation needs the whole positive prompt in one UNet call: several positive conditionings (areas,
         # combines) are run in separate calls, and stopping the first would lose the others' maps.

@@ -292,15 +292,15 @@ def test_joint_temperature_refuses_a_unet(dit, loaded):
 
 
 # -- gradient methods (Attend-and-Excite, SynGen) on DiTs: latent updates in the flow-matching parameterisation ----
-def method_guidance(dit, clip, name, **kw):
+def method_guidance(dit, clip, name, fast=False, **kw):
     ta = dit.text.execute(clip, PROMPT, "auto", 3.0).args[0]
     if name == "A&E":
         args = (ta, "car, bench", "builtin", "official", kw.get("strength", 1.0), kw.get("scale", 20.0),
                 kw.get("guided", 25), kw.get("refine", 0), 16)
-        return ta, dit.host.node_class("AttentionAlignAttendExcite").execute(*args).args[0]
+        return ta, dit.host.node_class("AttentionAlignAttendExcite").execute(*args, fast=fast).args[0]
     args = (ta, "red car; blue bench", "builtin", kw.get("strength", 1.0), kw.get("scale", 20.0), kw.get("guided", 25),
             16)
-    return ta, dit.host.node_class("AttentionAlignSynGen").execute(*args).args[0]
+    return ta, dit.host.node_class("AttentionAlignSynGen").execute(*args, fast=fast).args[0]
 
 
 @pytest.mark.parametrize("kind,name", [("flux", "A&E"), ("flux", "SynGen"), ("mmdit", "A&E"), ("mmdit", "SynGen")])
@@ -366,3 +366,22 @@ def test_dit_update_persists_and_strength_zero_is_stock(dit, sampler):
     ref = sample(restarted(dit.flux, log.steps[0].x_after, chunk_first=not exact), pos, neg, cfg=1.0,
                  sampler=sampler)
     assert torch.equal(guided, ref)
+
+
+@pytest.mark.parametrize("kind", ["flux", "mmdit"])
+def test_fast_mode_on_dits_takes_the_exact_first_step(dit, kind):
+    """Fast mode reads loss and gradient from the sampler's own evaluation (through Flux's in-place residuals and
+    SD3's checkpointed blocks): at step 0 it evaluates the positive prompt at the same latent as exact mode, so the
+    same loss and the same update."""
+    from conftest import guide
+
+    clip = dit.flux_clip if kind == "flux" else dit.sd3_clip
+    model, pos, neg = getattr(dit, kind), ta_conditioning(dit, clip), encode(clip, "")
+    cfg = 1.0 if kind == "flux" else 3.0
+    m_exact, exact = guide(dit.G, model, method_guidance(dit, clip, "A&E")[1])
+    sample(m_exact, pos, neg, cfg=cfg, steps=4, batch=2)
+    m_fast, quick = guide(dit.G, model, method_guidance(dit, clip, "A&E", fast=True)[1])
+    sample(m_fast, pos, neg, cfg=cfg, steps=4, batch=2)
+    assert len(quick.steps) == len(exact.steps) == 2
+    torch.testing.assert_close(exact.steps[0].loss_before, quick.steps[0].loss_before, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(exact.steps[0].update_ratio, quick.steps[0].update_ratio, rtol=1e-5, atol=0)
