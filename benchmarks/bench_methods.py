@@ -11,6 +11,9 @@ evaluation; no refinement); their bound counts one input backward per guided ste
     .venv/bin/python benchmarks/bench_methods.py --arch toy --size 128 --steps 20             # the trained toy
     .venv/bin/python benchmarks/bench_methods.py --arch sd15_full --size 512 --steps 50       # on a GPU
     .venv/bin/python benchmarks/bench_methods.py --arch sdxl_full --size 1024 --steps 50      # on a GPU
+    .venv/bin/python benchmarks/bench_methods.py --arch flux_tiny --size 128 --steps 20       # DiTs: CPU trend
+    .venv/bin/python benchmarks/bench_methods.py --arch flux_dev --size 1024 --steps 20       # on a GPU (12 B)
+    .venv/bin/python benchmarks/bench_methods.py --arch sd35_medium --size 1024 --steps 40    # on a GPU
 
 On a GPU ComfyUI runs the UNet in fp16 (or bf16) with its fastest attention; the pack's probabilities and losses stay
 float32. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU and the process's peak RSS (sampled every 5 ms)
@@ -37,6 +40,12 @@ TOY_PROMPT = "a red circle and a blue square"
 TOY_WORDS = {"subjects": "circle, square", "groups": "red circle; blue square"}
 METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_refine", "attend_excite_fast", "syngen",
            "syngen_fast", "attention_regulation", "attention_modulation"]
+#: what runs on Flux and SD3/SD3.5, and the DiT architectures (scripts/tiny_dit.py): the tiny ones on a CPU, the
+#: real ones (random weights) on a GPU
+DIT_METHODS = ["attend_excite", "attend_excite_refine", "attend_excite_fast", "syngen", "syngen_fast",
+               "joint_temperature"]
+DIT_ARCHS = {"flux_tiny": ("flux", "tiny", 1.0), "sd35_tiny": ("sd35", "tiny", 4.5),
+             "flux_dev": ("flux", "flux_dev", 1.0), "sd35_medium": ("sd35", "sd35_medium", 4.5)}
 
 
 class PeakMemory:
@@ -97,6 +106,8 @@ def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = N
     if name == "attention_regulation":
         return cls("AttentionAlignAttentionRegulation").execute(ta, words["subjects"], "builtin", 0, 25, 20, 100.0,
                                                                 level).args[0]
+    if name == "joint_temperature":
+        return cls("AttentionAlignJointTemperature").execute(1.2, 0.1).args[0]
     if name == "attention_modulation":
         return cls("AttentionAlignAttentionModulation").execute(ta, "", "builtin", 0.8, 0.3, 0.4, 1.5, 1.5,
                                                                 0.5).args[0]
@@ -109,6 +120,16 @@ def load_model(host, arch: str):
     if arch == "toy":
         model, clip, _vae = host.node_class("AttentionAlignLoadToyModel").execute(TOY_CKPT).args
         return model, clip, TOY_PROMPT, 16, TOY_WORDS
+    if arch in DIT_ARCHS:
+        import tiny_dit
+        import torch
+
+        family, config, _ = DIT_ARCHS[arch]
+        full = config != "tiny"
+        dtype = torch.bfloat16 if full else None             # the real architectures as ComfyUI runs them on a GPU
+        if family == "flux":
+            return tiny_dit.flux_model(config, dtype=dtype), tiny_dit.flux_clip(full_width=full), PROMPT, 16, WORDS
+        return tiny_dit.mmdit_model(config, dtype=dtype), tiny_dit.sd3_clip(full_width=full), PROMPT, 16, WORDS
     import comfy.sd
     import folder_paths
     import tiny_checkpoint
@@ -121,17 +142,23 @@ def load_model(host, arch: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", default="tiny", help="tiny or toy (CPU), sd15_full or sdxl_full (random weights)")
+    ap.add_argument("--arch", default="tiny", help="tiny or toy (CPU), sd15_full or sdxl_full (random weights); "
+                                                       "DiTs: flux_tiny, sd35_tiny (CPU), flux_dev, sd35_medium")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--cfg", type=float, default=7.5)
+    ap.add_argument("--cfg", type=float, default=None, help="default 7.5; Flux 1 (guidance-distilled), SD3.5 4.5")
     ap.add_argument("--sampler", default="euler")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated; default every method the model runs")
     ap.add_argument("--repeats", type=int, default=1,
                     help="run plain and every method this many times, interleaved; report the medians")
     ap.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     a = ap.parse_args()
+    dit = a.arch in DIT_ARCHS
+    if a.cfg is None:
+        a.cfg = DIT_ARCHS[a.arch][2] if dit else 7.5
+    if a.methods is None:
+        a.methods = ",".join(DIT_METHODS if dit else METHODS)
 
     import flops
     import headless
@@ -150,14 +177,16 @@ def main() -> None:
           f"{torch.cuda.get_device_name() if cuda else 'CPU'}; UNet dtype {model.model.get_dtype()}")
     ta, _, positive = host.node_class("AttentionAlignTextSelfAttention").execute(clip, prompt, "auto", 3.0).args
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    counts = flops.unet_flops(a.arch, a.size, level)
+    counts = flops.dit_flops(a.arch, a.size) if dit else flops.unet_flops(a.arch, a.size, level)
     cost = flops.pass_cost(counts)
     guided = host.pack_module("nodes._guided")
 
+    channels, scheduler = (16, "simple") if dit else (4, "normal")
+
     def run(m, label):
-        latent = {"samples": torch.zeros(1, 4, a.size // 8, a.size // 8)}
+        latent = {"samples": torch.zeros(1, channels, a.size // 8, a.size // 8)}
         with PeakMemory(cuda) as pm:
-            comfy_nodes.common_ksampler(m, 1, a.steps, a.cfg, a.sampler, "normal", positive, negative, latent)
+            comfy_nodes.common_ksampler(m, 1, a.steps, a.cfg, a.sampler, scheduler, positive, negative, latent)
         return pm.seconds, pm.peak
 
     run(model, "warm-up")                                          # loads the model onto the device
@@ -198,7 +227,7 @@ def main() -> None:
                      "refinement_iterations": iterations, "loss_per_step": losses})
         print(f"{name:24s} {seconds:8.2f} {seconds / plain_s:7.3f} {bound:7.3f} {peak / 2 ** 20:9.0f} "
               f"{peak / plain_mem:6.3f}  {note}")
-    print(f"one gradient pass = {cost:.3f} UNet forwards (truncated forward {counts['truncated'] / counts['full']:.1%}"
+    print(f"one gradient pass = {cost:.3f} {'DiT' if dit else 'UNet'} forwards (truncated forward {counts['truncated'] / counts['full']:.1%}"
           f" + input backward {counts['backward'] / counts['full']:.1%} of a full forward, FLOPs)")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "device": "cuda" if cuda else "cpu",

@@ -13,7 +13,7 @@ import contextlib
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
 import torch
-from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from comfy.ldm.flux.model import Flux
 
 from ..guidance.attention_patch import PASS_KEY
 from ..guidance.engine import PassMaps, StopForward
@@ -69,7 +69,7 @@ def mutates_saved_tensors(base_model, conds) -> bool:
     only when, it is changed: ``allow_mutation_on_saved_tensors``) is needed: ComfyUI adds ControlNet residuals in
     place (``h += ctrl``), and Flux's blocks add their own residuals in place (``txt += …``, ``x += …``)."""
     has_control = any(isinstance(c.get("control"), DetachedControl) for c in conds)
-    return has_control or not isinstance(base_model.diffusion_model, UNetModel)
+    return has_control or isinstance(base_model.diffusion_model, Flux)
 
 
 class GradientPass:

@@ -127,22 +127,27 @@ def _clip(target_tokenizer, target_model, model_options: dict, *, seed: int):
     return clip
 
 
-def flux_clip(*, seed: int = 1):
-    """Flux's text encoders (CLIP-L for the pooled vector, T5 for the context) with small configs: a ``CLIP``."""
+def flux_clip(*, seed: int = 1, full_width: bool = False):
+    """Flux's text encoders (CLIP-L for the pooled vector, T5 for the context) with small configs: a ``CLIP``.
+    ``full_width``: what Flux-dev's architecture reads (CLIP-L at its real size for the 768-wide pooled vector,
+    a 2-layer T5 at T5-XXL's 4096 width)."""
     import comfy.text_encoders.flux
 
-    return _clip(comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip(),
-                 {"clip_l_model_config": CLIP_L_SMALL, "t5xxl_model_config": T5_SMALL}, seed=seed)
+    options = {"t5xxl_model_config": T5_SD3} if full_width else \
+        {"clip_l_model_config": CLIP_L_SMALL, "t5xxl_model_config": T5_SMALL}
+    return _clip(comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip(), options, seed=seed)
 
 
-def sd3_clip(*, seed: int = 1):
+def sd3_clip(*, seed: int = 1, full_width: bool = False):
     """SD3's text encoders (CLIP-L, CLIP-G, T5) with small configs: a ``CLIP`` whose context is 77 CLIP tokens
-    (L and G side by side, padded to 4096 channels) followed by T5's."""
+    (L and G side by side, padded to 4096 channels) followed by T5's. ``full_width``: CLIP-L and CLIP-G at their
+    real size (SD3.5's 2048-wide pooled vector) and the 2-layer T5."""
     import comfy.text_encoders.sd3_clip
 
-    return _clip(comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip(),
-                 {"clip_l_model_config": CLIP_L_SMALL, "clip_g_model_config": CLIP_G_SMALL,
-                  "t5xxl_model_config": T5_SD3}, seed=seed)
+    options = {"t5xxl_model_config": T5_SD3} if full_width else \
+        {"clip_l_model_config": CLIP_L_SMALL, "clip_g_model_config": CLIP_G_SMALL, "t5xxl_model_config": T5_SD3}
+    return _clip(comfy.text_encoders.sd3_clip.SD3Tokenizer, comfy.text_encoders.sd3_clip.sd3_clip(), options,
+                 seed=seed)
 
 
 def tiny_vae(*, seed: int = 2):
