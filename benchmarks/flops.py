@@ -37,12 +37,9 @@ def pack():
     return attention_patch, engine
 
 
-def unet_flops(arch: str, size: int, level: int = 32) -> dict:
-    """FLOP counts (multiply-adds × 2) of the full forward, the truncated forward and its input backward."""
+def host_importable() -> None:
+    """ComfyUI on ``sys.path``, on the CPU (only its classes are used, on meta tensors)."""
     import headless
-    import tiny_checkpoint
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     comfy_path = headless.find_comfyui()
     if comfy_path is None:
@@ -53,6 +50,15 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
 
     if "comfy.model_management" not in sys.modules:
         args.cpu = True
+
+
+def unet_flops(arch: str, size: int, level: int = 32) -> dict:
+    """FLOP counts (multiply-adds × 2) of the full forward, the truncated forward and its input backward."""
+    import tiny_checkpoint
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    host_importable()
     import comfy.ldm.modules.attention as comfy_attention
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -114,20 +120,11 @@ def dit_flops(arch: str, size: int) -> dict:
     """The counts of :func:`unet_flops` for a DiT: the gradient pass reads every joint block (the losses' maps
     average them all), so its forward is the whole network plus the image→text probabilities of each block, and
     nothing is truncated."""
-    import headless
     import tiny_dit
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    comfy_path = headless.find_comfyui()
-    if comfy_path is None:
-        raise SystemExit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
-    if str(comfy_path) not in sys.path:
-        sys.path.insert(0, str(comfy_path))
-    from comfy.cli_args import args
-
-    if "comfy.model_management" not in sys.modules:
-        args.cpu = True
+    host_importable()
     import comfy.ldm.modules.attention as comfy_attention
     import comfy.ops
     from comfy.ldm.flux.model import Flux
