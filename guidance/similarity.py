@@ -17,11 +17,13 @@ def cosine_matrix(maps: torch.Tensor, smooth: bool = True) -> torch.Tensor:
     return v @ v.transpose(-1, -2)
 
 
-def tsam_similarity(maps: torch.Tensor, smooth: bool = True) -> torch.Tensor:
-    """S: the lower triangle of C (diagonal included, upper = 0), each row divided by its sum.
+def tsam_similarity(maps: torch.Tensor, smooth: bool = True, *, causal: bool = True) -> torch.Tensor:
+    """S: the lower triangle of C (diagonal included, upper = 0), each row divided by its sum; the whole of C with
+    ``causal=False`` (beside a bidirectional T, T5's).
 
     maps: ``[..., L, h, w]`` for the prompt tokens 1..L. Returns ``[..., L, L]``, rows summing to 1, comparable
     with the text-side target T̂ (T-SAM's loss compares the two row by row).
     """
-    c = cosine_matrix(maps, smooth).tril()
+    c = cosine_matrix(maps, smooth)
+    c = c.tril() if causal else c
     return c / c.sum(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -8,7 +8,6 @@ from comfy_api.latest import io
 from ..guidance.text_attention import TextAttention
 from ..guidance.tsam import REFINE_MODES, VARIANTS, tsam_guidance
 from . import _inputs
-from ._select import require_clip
 from .types import CATEGORY, GuidanceType
 
 
@@ -49,8 +48,8 @@ class TSAMGuidance(io.ComfyNode):
                 guided_steps: int, refine: str, threshold_per_token: float, level: int,
                 fast: bool = False) -> io.NodeOutput:
         ta = text_attention
-        require_clip(ta, "T-SAM")
-        guidance = tsam_guidance(ta.target(), eos_index=ta.eos_index, prompt=ta.prompt, variant=loss,
+        guidance = tsam_guidance(ta.target(), eos_index=ta.context_eos, first=ta.prompt_slice.start,
+                                 causal=not ta.sentencepiece, prompt=ta.prompt, variant=loss,
                                  strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, refine=refine,
                                  threshold_per_token=threshold_per_token, level=level, context=ta.context)
         guidance = dataclasses.replace(guidance, fast=fast)

@@ -289,6 +289,7 @@ def _dit_method(family: str, unet_graph) -> tuple[dict, list[list[str]]]:
 
 #: the graphs that run on DiT models (Flux, SD3.5), made per family
 DIT_MAKERS = {"capture_and_visualise": capture_and_visualise_dit, "joint_temperature": joint_temperature_dit,
+              "tsam": lambda family: _dit_method(family, tsam),
               "attend_and_excite": lambda family: _dit_method(family, attend_and_excite),
               "syngen": lambda family: _dit_method(family, syngen)}
 WORKFLOWS = {**{f"{graph}_{family}.json": (graph, family) for graph in MAKERS for family in FAMILIES},

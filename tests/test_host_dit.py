@@ -181,10 +181,26 @@ def test_visualize_refuses_a_text_attention_beyond_the_recorded_context(dit):
         dit.viz.execute("", 0, 4, attention_maps=board, text_attention=ta)
 
 
+def test_tsam_on_t5_compares_whole_rows_of_the_prompts_span(dit):
+    """T-SAM with T5's bidirectional T on SD3: the loss equals the whole-row loss computed by hand from the captured
+    maps of T5's prompt tokens (after the 77 CLIP tokens) and the text attention's T."""
+    from conftest import guide
+
+    ta, guidance = method_guidance(dit, dit.sd3_clip, "T-SAM", strength=0.0)
+    m, log = guide(dit.G, dit.mmdit, guidance)
+    captured, board = dit.G.captured_model(m, 16, keep_steps=True)
+    sample(captured, ta_conditioning(dit, dit.sd3_clip), encode(dit.sd3_clip, ""), cfg=3.0, steps=4)
+    maps = board.records[-1].steps[0].mean(16)[:, 77:77 + ta.eos_index]
+    tsam = dit.host.pack_module("guidance.tsam")
+    torch.testing.assert_close(log.steps[0].loss_before, tsam.tsam_loss(maps, ta.target(), "paper", causal=False),
+                               rtol=1e-4, atol=1e-6)
+    assert ta.eos_index == 9 and ta.target().shape == (9, 9)
+
+
 def test_methods_say_what_dit_support_there_is(dit):
     ta = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args[0]
-    with pytest.raises(ValueError, match="T5 .*T-SAM works with CLIP prompts.*Attend-and-Excite, SynGen"):
-        dit.host.node_class("AttentionAlignTSAM").execute(ta, "paper", 1.0, 5.0, 30, "official", 0.14, 16)
+    with pytest.raises(ValueError, match="T5 .*Attention Regulation works with CLIP prompts.*Attend-and-Excite"):
+        dit.host.node_class("AttentionAlignAttentionRegulation").execute(ta, "car", "builtin", 0, 25, 20, 100.0, 16)
     clip_ta = dit.text.execute(dit.sd3_clip, PROMPT, "clip_l", 3.0).args[0]
     regulation = dit.host.node_class("AttentionAlignAttentionRegulation").execute(
         clip_ta, "car", "builtin", 0, 25, 20, 100.0, 32).args[0]
@@ -294,6 +310,10 @@ def test_joint_temperature_refuses_a_unet(dit, loaded):
 # -- gradient methods (Attend-and-Excite, SynGen) on DiTs: latent updates in the flow-matching parameterisation ----
 def method_guidance(dit, clip, name, fast=False, **kw):
     ta = dit.text.execute(clip, PROMPT, "auto", 3.0).args[0]
+    if name == "T-SAM":
+        args = (ta, kw.get("loss", "paper"), kw.get("strength", 1.0), kw.get("scale", 5.0), kw.get("guided", 30),
+                "off", 0.14, 16)
+        return ta, dit.host.node_class("AttentionAlignTSAM").execute(*args, fast=fast).args[0]
     if name == "A&E":
         args = (ta, "car, bench", "builtin", "official", kw.get("strength", 1.0), kw.get("scale", 20.0),
                 kw.get("guided", 25), kw.get("refine", 0), 16)
@@ -303,7 +323,8 @@ def method_guidance(dit, clip, name, fast=False, **kw):
     return ta, dit.host.node_class("AttentionAlignSynGen").execute(*args, fast=fast).args[0]
 
 
-@pytest.mark.parametrize("kind,name", [("flux", "A&E"), ("flux", "SynGen"), ("mmdit", "A&E"), ("mmdit", "SynGen")])
+@pytest.mark.parametrize("kind,name", [("flux", "A&E"), ("flux", "SynGen"), ("flux", "T-SAM"), ("mmdit", "A&E"),
+                                       ("mmdit", "SynGen"), ("mmdit", "T-SAM")])
 def test_gradient_methods_lower_their_loss_at_each_guided_step(dit, kind, name):
     """The loss at the updated latent (same σ) is below the loss before the update, at every guided step; on SD3
     with CFG, through its activation-checkpointed joint blocks, and reading T5's words after the CLIP tokens."""
@@ -315,7 +336,7 @@ def test_gradient_methods_lower_their_loss_at_each_guided_step(dit, kind, name):
     m, log = guide(dit.G, model, guidance, verify=True)
     neg = encode(clip, "")
     sample(m, ta_conditioning(dit, clip), neg, cfg=1.0 if kind == "flux" else 3.0, steps=4, batch=2)
-    assert [r.step for r in log.steps] == [0, 1]                               # 25 of 50 → 2 of 4 steps
+    assert [r.step for r in log.steps] == [0, 1]                   # 25 (T-SAM: 30) of 50 → 2 of 4 steps, rounded
     for rec in log.steps:
         assert torch.all(rec.loss_after < rec.loss_final), (rec.step, rec.loss_final, rec.loss_after)
 

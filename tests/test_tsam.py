@@ -109,3 +109,31 @@ def test_released_configuration():
     assert r.give_up_at == 20 and not r.stop_below
     assert tsam_guidance(random_target(6, 0), eos_index=7, refine="until_threshold").plan(50).refinement.stop_below
     assert tsam_guidance(random_target(6, 0), eos_index=7, refine="off").plan(50).refinement is None
+
+
+def test_bidirectional_t_compares_whole_rows():
+    """With T5's T (bidirectional) every row is compared over every entry, by hand: S = C/rowsum(C) with C's unit
+    diagonal and all off-diagonal cosines; paper loss Σ_i row_weight·Σ_j |T̂ − S|; cosine loss Σ_i 0.2·(L−1)·(1 −
+    cos(T̂[i, j≠i], C[i, j≠i]))."""
+    import torch.nn.functional as F
+    from attention_align.guidance.smoothing import smooth_maps
+    from attention_align.guidance.tsam import tsam_loss
+
+    torch.manual_seed(5)
+    maps = torch.rand(2, 4, 6, 6, dtype=torch.float64)
+    target = torch.rand(4, 4, dtype=torch.float64).softmax(-1)
+    v = smooth_maps(maps).flatten(-2)
+    c = torch.empty(2, 4, 4, dtype=torch.float64)
+    for b in range(2):
+        for i in range(4):
+            for j in range(4):
+                c[b, i, j] = 1.0 if i == j else F.cosine_similarity(v[b, i], v[b, j], dim=0)
+    s = c / c.sum(-1, keepdim=True)
+    paper = 0.5 * (target - s).abs().sum(dim=(-1, -2))
+    torch.testing.assert_close(tsam_loss(maps, target, "paper", row_weight=0.5, causal=False), paper)
+    off = ~torch.eye(4, dtype=torch.bool)
+    cosine = torch.stack([sum(0.2 * 3 * (1 - F.cosine_similarity(target[i][off[i]], c[b, i][off[i]], dim=0))
+                               for i in range(4)) for b in range(2)])
+    torch.testing.assert_close(tsam_loss(maps, target, "cosine", causal=False), cosine)
+    assert not torch.allclose(tsam_loss(maps, target, "paper", causal=True), tsam_loss(maps, target, "paper",
+                                                                                        causal=False))
