@@ -4,10 +4,11 @@ Two documented patch points of ComfyUI 0.3.64, both set on a model clone:
 
 * ``patches_replace["dit"][("double_block", i)]`` / ``("single_block", i)``: a *block* replace
   (:class:`JointBlockRouter`), called as ``replace(args, {"original_block": fn})``. When the run's observers want
-  that block, it hands the block a copy of ``transformer_options`` carrying a :class:`~..guidance.joint_attention.
-  JointAttentionTap` as ``optimized_attention_override`` (chained to any override already there), then runs the
-  original block (or another pack's replace it took over). The override sees the block's q and k exactly as the
-  kernel does; the kernel still computes the output, so capture changes nothing.
+  that block, or an editor scales its image→text logits (Joint Attention Temperature), it hands the block a copy of
+  ``transformer_options`` carrying a :class:`~..guidance.joint_attention.JointAttentionTap` as
+  ``optimized_attention_override`` (chained to any override already there), then runs the original block (or
+  another pack's replace it took over). The override sees the block's q and k exactly as the kernel does; the
+  kernel still computes the output (twice, for an edit), so capture changes nothing.
 * an ``APPLY_MODEL`` wrapper (:class:`JointGeometry`) that writes, per model call, where the text and image tokens
   sit (text tokens = the conditioning's length; image grid = latent ÷ patch size) into a copy of the call's
   ``transformer_options``: a single block only sees the concatenated sequence.
@@ -161,7 +162,6 @@ def add_joint_geometry(model_clone) -> None:
     dm = dit_of(model_clone)
     if GEOMETRY_KEY not in model_clone.wrappers.get(WrappersMP.APPLY_MODEL, {}):
         model_clone.add_wrapper_with_key(WrappersMP.APPLY_MODEL, GEOMETRY_KEY, JointGeometry(dm.patch_size))
-
 
 
 def attention_layers(model_patcher, input_name: str = "model") -> list[CrossAttentionLayer]:

@@ -5,7 +5,8 @@
 --tiny swaps every checkpoint for the random-weight tiny SD1.5-family model (built on first use, no download), also
 in the SDXL workflows (their graphs are the same; the SDXL family is tested on its own tiny model by
 tests/test_host_families.py, whose full-size CLIP-G takes minutes to build), and shrinks the latent (--size, default 128 px), so any workflow runs in seconds; without it the workflow's own
-checkpoints must be in <out>/base/models/checkpoints. The saved PNGs are copied to <out>/.
+checkpoints must be in <out>/base/models/checkpoints. For the Flux and SD3.5 workflows --tiny puts a tiny
+random-weight DiT of the family (scripts/tiny_dit.py) in place of their loaders. The saved PNGs are copied to <out>/.
 """
 from __future__ import annotations
 
@@ -91,6 +92,16 @@ def _linked(node: dict, name: str) -> bool:
     return any(slot.get("name") == name and slot.get("link") is not None for slot in node.get("inputs", []))
 
 
+def dit_family(workflow: dict) -> str | None:
+    """``flux`` or ``sd35`` for a UI-format workflow that loads a DiT (its CLIP loader says which), else None."""
+    types = {n["type"] for n in workflow.get("nodes", [])}
+    if "DualCLIPLoader" in types:
+        return "flux"
+    if "TripleCLIPLoader" in types:
+        return "sd35"
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("workflow", nargs="+", help="UI-format workflow JSON file(s)")
@@ -115,9 +126,15 @@ def main() -> None:
     printer = ProgressPrinter(host)
     for n, wf in enumerate(a.workflow, 1):
         ui = json.loads(Path(wf).read_text())
-        if a.tiny:
+        family = dit_family(ui)
+        if a.tiny and family is None:
             ui = tiny_workflow(ui, host, a.size, a.steps)
         prompt = ui_to_api(ui, host)
+        if a.tiny and family is not None:
+            import tiny_dit
+
+            tiny_dit.register(host)
+            prompt = tiny_dit.on_tiny_dit(prompt, family, size=a.size, steps=a.steps)
         if a.api_out:
             Path(a.api_out).mkdir(parents=True, exist_ok=True)
             (Path(a.api_out) / f"{Path(wf).stem}_api.json").write_text(json.dumps(prompt, indent=1) + "\n")
