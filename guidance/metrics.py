@@ -36,11 +36,12 @@ def _intersection(maps: torch.Tensor, a: tuple[int, ...], b: tuple[int, ...]) ->
 
 
 def weakest_subject_attention(maps: torch.Tensor, subjects: list[tuple[int, ...]], *, eos_index: int,
-                              normalize_eot: bool = False) -> torch.Tensor:
-    """``min_s max(G∗softmax(100·A)_s)`` per sample (A&E Eq. 1–3; higher is better, 1 at most)."""
+                              normalize_eot: bool = False, first: int = 1, end: int | None = None) -> torch.Tensor:
+    """``min_s max(G∗softmax(100·A)_s)`` per sample (A&E Eq. 1–3; higher is better, 1 at most). ``first``/``end``:
+    the prompt encoder's span of the context (a DiT's T5; see ``attend_excite.py``)."""
     if not subjects:
         raise ValueError("subjects: the weakest-subject attention needs at least one subject")
-    return subject_maxima(maps, subjects, eos_index, normalize_eot).min(dim=1).values
+    return subject_maxima(maps, subjects, eos_index, normalize_eot, first=first, end=end).min(dim=1).values
 
 
 def modifier_noun_overlap(maps: torch.Tensor, groups: list[Group]) -> torch.Tensor:
@@ -59,6 +60,8 @@ def noun_separation(maps: torch.Tensor, nouns: list[tuple[int, ...]]) -> torch.T
     return torch.stack([1.0 - _intersection(maps, a, b) for a, b in pairs]).mean(dim=0)
 
 
-def ts_distance(maps: torch.Tensor, target: torch.Tensor, *, eos_index: int) -> torch.Tensor:
-    """T-SAM's paper loss between T̂ ``[L, L]`` and the similarity S of the prompt tokens' maps (1 … eos − 1)."""
-    return tsam_loss_paper(maps[:, 1:eos_index], target.to(maps))
+def ts_distance(maps: torch.Tensor, target: torch.Tensor, *, eos_index: int, first: int = 1,
+                causal: bool = True) -> torch.Tensor:
+    """T-SAM's paper loss between T̂ ``[L, L]`` and the similarity S of the prompt tokens' maps (first … eos − 1;
+    ``causal=False``: whole rows, for T5's bidirectional T)."""
+    return tsam_loss_paper(maps[:, first:eos_index], target.to(maps), causal=causal)

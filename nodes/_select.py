@@ -19,7 +19,7 @@ def require_clip(ta: TextAttention, method: str) -> None:
     if ta.sentencepiece:
         raise ValueError(f"text_attention: it comes from T5 (a Flux or SD3/SD3.5 prompt); {method} works with CLIP "
                          "prompts on SD1.x, SD2.x and SDXL so far. On Flux and SD3 T-SAM, Attend-and-Excite, SynGen, "
-                         "Joint Attention Temperature and the capture/visualisation nodes run.")
+                         "Joint Attention Temperature, the Attention Report and the capture/visualisation nodes run.")
 
 
 class NothingFound(ValueError):

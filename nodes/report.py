@@ -14,7 +14,7 @@ from ..guidance.metrics import modifier_noun_overlap, noun_separation, ts_distan
 from ..guidance.session import resolve_record
 from ..guidance.viz import combine_sizes
 from ._inputs import ALL_LEVELS, recorded_level
-from ._select import PARSERS, NothingFound, groups_for, require_clip, subjects_for
+from ._select import PARSERS, NothingFound, groups_for, subjects_for
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
 
@@ -30,7 +30,8 @@ def attention_metrics(maps: torch.Tensor, ta, subjects: str, groups: str, parser
         words, text = subjects_for(ta, subjects, parser)
         positions = [w.positions for w in words]
         out["subjects"] = text
-        out["weakest_subject_attention"] = _floats(weakest_subject_attention(maps, positions, eos_index=ta.eos_index))
+        out["weakest_subject_attention"] = _floats(weakest_subject_attention(
+            maps, positions, eos_index=ta.context_eos, first=ta.prompt_slice.start, end=ta.context_end))
         if len(positions) >= 2:
             out["noun_separation"] = _floats(noun_separation(maps, positions))
     except NothingFound as exc:
@@ -42,8 +43,9 @@ def attention_metrics(maps: torch.Tensor, ta, subjects: str, groups: str, parser
                                                                             for g in resolved]))
     except NothingFound as exc:
         out["groups"] = str(exc)
-    if ta.eos_index >= 3:
-        out["ts_distance"] = _floats(ts_distance(maps, ta.target(), eos_index=ta.eos_index))
+    if ta.num_prompt_tokens >= 2:
+        out["ts_distance"] = _floats(ts_distance(maps, ta.target(), eos_index=ta.context_eos,
+                                                 first=ta.prompt_slice.start, causal=not ta.sentencepiece))
     return out
 
 
@@ -93,7 +95,6 @@ class AttentionReport(io.ComfyNode):
         if attention_maps is None and guidance_log is None:
             raise ValueError("attention_maps / guidance_log: connect at least one of them")
         samples = None if latent is None else latent["samples"]
-        require_clip(text_attention, "Attention Report")
         report: dict = {"prompt": text_attention.prompt}
         if attention_maps is not None:
             rec = resolve_record(attention_maps, latent=samples, input_name="attention_maps")

@@ -406,3 +406,26 @@ def test_fast_mode_on_dits_takes_the_exact_first_step(dit, kind):
     assert len(quick.steps) == len(exact.steps) == 2
     torch.testing.assert_close(exact.steps[0].loss_before, quick.steps[0].loss_before, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(exact.steps[0].update_ratio, quick.steps[0].update_ratio, rtol=1e-5, atol=0)
+
+
+def test_attention_report_reads_t5s_span_on_sd3(dit):
+    """The report's numbers on an SD3 run with a T5 prompt, by hand from the recorded maps: the weakest subject's
+    peak of softmax(100·A) over T5's span (77 … 152) and the whole-row T–S distance over T5's prompt tokens."""
+    import json
+
+    ta, _, pos = dit.text.execute(dit.sd3_clip, PROMPT, "auto", 3.0).args
+    captured, board = dit.capture.execute(dit.mmdit, 16, False).args
+    latent = sample(captured, pos, encode(dit.sd3_clip, ""), cfg=3.0, steps=3)
+    report = dit.host.node_class("AttentionAlignReport").execute(ta, "car, bench", "red car; blue bench", "builtin",
+                                                                 16, attention_maps=board,
+                                                                 latent={"samples": latent}).args[0]
+    numbers = json.loads(report)
+    maps = board.records[-1].mean(16)
+    smooth = dit.host.pack_module("guidance.smoothing").smooth_maps
+    a = torch.softmax(100 * maps[:, 77:153], dim=1)
+    car, bench = (next(w for w in ta.words if w.text == t).positions[0] - 77 for t in ("car", "bench"))
+    weakest = smooth(a[:, [car, bench]]).flatten(-2).max(-1).values.min(-1).values
+    assert numbers["weakest_subject_attention"] == pytest.approx(weakest.tolist(), rel=1e-4)
+    tsam = dit.host.pack_module("guidance.tsam")
+    distance = tsam.tsam_loss_paper(maps[:, 77:77 + ta.eos_index], ta.target(), causal=False)
+    assert numbers["ts_distance"] == pytest.approx(distance.tolist(), rel=1e-4)
