@@ -88,7 +88,7 @@ class PeakMemory:
         return False
 
 
-def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = None):
+def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = None, dit_blocks: str = "all"):
     """The GUIDANCE of a method at its official settings (refinement only in the *_refine variants; *_fast: fast
     mode, which has none)."""
     cls = host.node_class
@@ -96,13 +96,14 @@ def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = N
     words = words or WORDS
     if name.startswith("tsam"):
         return cls("AttentionAlignTSAM").execute(ta, "paper", 1.0, 5.0, 30, "official" if "refine" in name else "off",
-                                                 0.14, level, fast=fast).args[0]
+                                                 0.14, level, fast=fast, dit_blocks=dit_blocks).args[0]
     if name.startswith("attend_excite"):
         return cls("AttentionAlignAttendExcite").execute(ta, words["subjects"], "builtin", "official", 1.0, 20.0, 25,
-                                                         20 if "refine" in name else 0, level, fast=fast).args[0]
+                                                         20 if "refine" in name else 0, level, fast=fast,
+                                                         dit_blocks=dit_blocks).args[0]
     if name.startswith("syngen"):
         return cls("AttentionAlignSynGen").execute(ta, words["groups"], "builtin", 1.0, 20.0, 25, level,
-                                                   fast=fast).args[0]
+                                                   fast=fast, dit_blocks=dit_blocks).args[0]
     if name == "attention_regulation":
         return cls("AttentionAlignAttentionRegulation").execute(ta, words["subjects"], "builtin", 0, 25, 20, 100.0,
                                                                 level).args[0]
@@ -153,6 +154,8 @@ def main() -> None:
                     help="run plain and every method this many times, interleaved; report the medians")
     ap.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--dit-blocks", default="all", choices=["all", "double"],
+                    help="DiTs: the blocks the losses read (the methods' dit_blocks input)")
     a = ap.parse_args()
     dit = a.arch in DIT_ARCHS
     if a.cfg is None:
@@ -177,7 +180,7 @@ def main() -> None:
           f"{torch.cuda.get_device_name() if cuda else 'CPU'}; UNet dtype {model.model.get_dtype()}")
     ta, _, positive = host.node_class("AttentionAlignTextSelfAttention").execute(clip, prompt, "auto", 3.0).args
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    counts = flops.dit_flops(a.arch, a.size) if dit else flops.unet_flops(a.arch, a.size, level)
+    counts = flops.dit_flops(a.arch, a.size, a.dit_blocks) if dit else flops.unet_flops(a.arch, a.size, level)
     cost = flops.pass_cost(counts)
     guided = host.pack_module("nodes._guided")
 
@@ -191,7 +194,8 @@ def main() -> None:
 
     run(model, "warm-up")                                          # loads the model onto the device
     names = a.methods.split(",")
-    patched = {name: guided.guided_model(model, method_guidance(host, name, ta, level, words)) for name in names}
+    patched = {name: guided.guided_model(model, method_guidance(host, name, ta, level, words, a.dit_blocks))
+               for name in names}
     timings: dict[str, list[tuple[float, int]]] = {"plain": [], **{name: [] for name in names}}
     for _ in range(a.repeats):                                     # interleaved, so drifts hit every method alike
         timings["plain"].append(run(model, "plain"))

@@ -116,7 +116,7 @@ def is_dit(arch: str) -> bool:
     return arch in DIT_TEXT
 
 
-def dit_flops(arch: str, size: int) -> dict:
+def dit_flops(arch: str, size: int, blocks: str = "all") -> dict:
     """The counts of :func:`unet_flops` for a DiT: the gradient pass reads every joint block (the losses' maps
     average them all), so its forward is the whole network plus the image→text probabilities of each block, and
     nothing is truncated."""
@@ -146,7 +146,7 @@ def dit_flops(arch: str, size: int) -> dict:
         dm = OpenAISignatureMMDITWrapper(**cfg, dtype=torch.float32, device="meta", operations=ops)
         width, pooled = cfg["context_embedder_config"]["params"]["in_features"], cfg["adm_in_channels"]
     dm.requires_grad_(False)                           # frozen, as the gradient pass meets them
-    layers = [layer.key for layer in _dit.joint_layers(dm)]
+    layers = [layer.key for layer in _dit.joint_layers(dm) if blocks == "all" or layer.key[0] == "double"]
     h = w = size // 8
     text = DIT_TEXT[arch]
     x = torch.empty(1, 16, h, w, device="meta")
@@ -237,8 +237,10 @@ def main() -> None:
                                                             "sd35_medium (and flux_tiny, sd35_tiny)")
     ap.add_argument("--size", type=int, default=512, help="image size in px")
     ap.add_argument("--level", type=int, default=32, help="image divisor of the loss's maps (DiTs: always 16)")
+    ap.add_argument("--dit-blocks", default="all", choices=["all", "double"],
+                    help="DiTs: the blocks the loss reads (the methods' dit_blocks input)")
     a = ap.parse_args()
-    c = dit_flops(a.arch, a.size) if is_dit(a.arch) else unet_flops(a.arch, a.size, a.level)
+    c = dit_flops(a.arch, a.size, a.dit_blocks) if is_dit(a.arch) else unet_flops(a.arch, a.size, a.level)
     a.level = c["level"]
     cost = pass_cost(c)
     print(f"{a.arch} @ {a.size}px, loss at image ÷{a.level} ({c['layers']} layers, last {c['last_layer']}):")

@@ -67,6 +67,7 @@ class GradientGuidance:
     enter_above: bool = False
     max_update_ratio: float = MAX_UPDATE_RATIO    # runaway bound on a step's change / the latent's RMS (inf: off)
     fast: bool = False                  # take loss and gradient from the sampler's own evaluation (no refinement)
+    dit_blocks: str = "all"             # on a DiT: "all" joint blocks, or Flux's "double"-stream ones only
 
     def plan(self, total_steps: int) -> Plan:
         return make_plan(total_steps, self.guided_paper_steps, self.scale, decay=self.decay, strength=self.strength,

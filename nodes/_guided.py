@@ -87,6 +87,8 @@ def guided_model(model, guidance, *, verify: bool = False, truncate: bool = True
         raise ValueError(f"guidance: expected a GUIDANCE from one of the pack's method nodes, got {type(guidance)}")
     every_layer = attention_layers(model)                    # a UNet's attn2 layers or a DiT's joint blocks
     layers = layers_at(every_layer, guidance.level)
+    if guidance.dit_blocks == "double" and dit_of(model) is not None:
+        layers = [layer for layer in layers if layer.key[0] == "double"]   # the pass then stops after the last
     if GRADIENT_KEY in model.wrappers.get(WrappersMP.SAMPLER_SAMPLE, {}):
         raise ValueError("model: it already carries Attention Align gradient guidance; apply one gradient method "
                          "per model")

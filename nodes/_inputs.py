@@ -48,7 +48,7 @@ def recorded_level(name: str, help_text: str) -> io.Input:
 def level() -> io.Input:
     return io.Int.Input("level", default=32, min=8, max=64, step=8,
                         tooltip="Maps to use, as an image divisor: 32 = 16×16 at 512 px for SD1.x (the papers'), "
-                                "32×32 at 1024 px for SDXL.")
+                                "32×32 at 1024 px for SDXL; 16 on Flux and SD3 (every joint block is at image ÷16).")
 
 
 def fast() -> io.Input:
@@ -58,3 +58,15 @@ def fast() -> io.Input:
                                     "guided step instead of an extra model pass before it (one backward per step, no "
                                     "extra forward; the sampler then continues with its estimate made before the "
                                     "update). No refinement. Off: the methods as published.")
+
+
+DIT_BLOCKS = ("all", "double")
+
+
+def dit_blocks() -> io.Input:
+    # optional: API-format prompts saved before this input existed stay valid (all = the default)
+    return io.Combo.Input("dit_blocks", options=list(DIT_BLOCKS), default="all", optional=True,
+                          tooltip="Flux and SD3 only: which joint blocks the loss reads. all: every block, averaged "
+                                  "(gsn-factory's choice on SD3). double: Flux's 19 double-stream blocks only, where "
+                                  "text and image keep separate weights; the gradient pass then stops before the 38 "
+                                  "single-stream blocks. On SD3 every block is a double block. Ignored on UNets.")

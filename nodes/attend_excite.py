@@ -41,6 +41,7 @@ class AttendExciteGuidance(io.ComfyNode):
                                      "0.05/0.5/0.8 attention (official: at most 20 iterations; 0 disables)."),
                 _inputs.level(),
                 _inputs.fast(),
+                _inputs.dit_blocks(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The subjects and their tokens.")],
@@ -49,7 +50,7 @@ class AttendExciteGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, text_attention, subjects: str, parser: str, softmax: str, strength: float, scale_factor: float,
                 guided_steps: int, max_refinement_steps: int, level: int,
-                fast: bool = False) -> io.NodeOutput:
+                fast: bool = False, dit_blocks: str = "all") -> io.NodeOutput:
         if softmax not in SOFTMAX:
             raise ValueError(f"softmax: '{softmax}' is not one of {', '.join(SOFTMAX)}")
         ta = text_attention
@@ -60,5 +61,7 @@ class AttendExciteGuidance(io.ComfyNode):
                                           strength=strength, scale=scale_factor, guided_paper_steps=guided_steps,
                                           max_iters=max_refinement_steps,
                                           level=level, context=ta.context)
-        guidance = dataclasses.replace(guidance, fast=fast)
+        if dit_blocks not in _inputs.DIT_BLOCKS:
+            raise ValueError(f"dit_blocks: '{dit_blocks}' is not one of {', '.join(_inputs.DIT_BLOCKS)}")
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=dit_blocks)
         return io.NodeOutput(guidance, text)

@@ -32,6 +32,7 @@ class SynGenGuidance(io.ComfyNode):
                 _inputs.guided_steps(25),
                 _inputs.level(),
                 _inputs.fast(),
+                _inputs.dit_blocks(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The groups and their tokens.")],
@@ -40,12 +41,14 @@ class SynGenGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, text_attention, groups: str, parser: str, strength: float, scale_factor: float,
                 guided_steps: int, level: int,
-                fast: bool = False) -> io.NodeOutput:
+                fast: bool = False, dit_blocks: str = "all") -> io.NodeOutput:
         ta = text_attention
         resolved, text = groups_for(ta, groups, parser)
         guidance = syngen_guidance([[w.positions for w in g] for g in resolved], eos_index=ta.context_eos,
                                    first=ta.prompt_slice.start,
                                    strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, level=level,
                                    context=ta.context)
-        guidance = dataclasses.replace(guidance, fast=fast)
+        if dit_blocks not in _inputs.DIT_BLOCKS:
+            raise ValueError(f"dit_blocks: '{dit_blocks}' is not one of {', '.join(_inputs.DIT_BLOCKS)}")
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=dit_blocks)
         return io.NodeOutput(guidance, text)

@@ -39,6 +39,7 @@ class TSAMGuidance(io.ComfyNode):
                                tooltip="Refinement threshold = this × (prompt tokens − 1) (official: 0.14)."),
                 _inputs.level(),
                 _inputs.fast(),
+                _inputs.dit_blocks(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance")],
         )
@@ -46,11 +47,13 @@ class TSAMGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, text_attention: TextAttention, loss: str, strength: float, scale_factor: float,
                 guided_steps: int, refine: str, threshold_per_token: float, level: int,
-                fast: bool = False) -> io.NodeOutput:
+                fast: bool = False, dit_blocks: str = "all") -> io.NodeOutput:
         ta = text_attention
         guidance = tsam_guidance(ta.target(), eos_index=ta.context_eos, first=ta.prompt_slice.start,
                                  causal=not ta.sentencepiece, prompt=ta.prompt, variant=loss,
                                  strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, refine=refine,
                                  threshold_per_token=threshold_per_token, level=level, context=ta.context)
-        guidance = dataclasses.replace(guidance, fast=fast)
+        if dit_blocks not in _inputs.DIT_BLOCKS:
+            raise ValueError(f"dit_blocks: '{dit_blocks}' is not one of {', '.join(_inputs.DIT_BLOCKS)}")
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=dit_blocks)
         return io.NodeOutput(guidance)

@@ -49,7 +49,7 @@ HEIGHT = {"UNETLoader": 110, "DualCLIPLoader": 160, "TripleCLIPLoader": 135, "VA
           "VAEDecode": 160, "SaveImage": 300, "PreviewImage": 300, "AttentionAlignTextSelfAttention": 176,
           "AttentionAlignCaptureCrossAttention": 160, "AttentionAlignApplyGuidance": 160,
           "AttentionAlignGuidedKSampler": 282, "AttentionAlignVisualize": 166, "AttentionAlignShowTokens": 260,
-          "AttentionAlignTSAM": 202, "AttentionAlignAttendExcite": 246, "AttentionAlignSynGen": 198,
+          "AttentionAlignTSAM": 226, "AttentionAlignAttendExcite": 270, "AttentionAlignSynGen": 222,
           "AttentionAlignAttentionRegulation": 246, "AttentionAlignAttentionModulation": 246, "AttentionAlignJointTemperature": 110, "Note": 330}
 TITLE_H, GAP_X, GAP_Y, MARGIN = 30, 60, 40, 40
 #: the view the frontend opens the workflows with: text is drawn from about 57 % zoom (LiteGraph's low-quality

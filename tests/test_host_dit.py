@@ -429,3 +429,36 @@ def test_attention_report_reads_t5s_span_on_sd3(dit):
     tsam = dit.host.pack_module("guidance.tsam")
     distance = tsam.tsam_loss_paper(maps[:, 77:77 + ta.eos_index], ta.target(), causal=False)
     assert numbers["ts_distance"] == pytest.approx(distance.tolist(), rel=1e-4)
+
+
+def test_double_blocks_only_reads_fluxs_double_stream_and_stops_there(dit):
+    """dit_blocks = double on Flux: the gradient pass reads blocks double 0 and 1 only and stops there, before the
+    single blocks (the kernel then runs for double 0 alone: it stops as soon as block double 1's maps exist; with
+    every block read it runs for 3 of the 4). At strength 0 the pass sees what the sampler's step-0 evaluation sees,
+    so its A&E loss equals the one by hand from that evaluation's double-block q·kᵀ."""
+    from conftest import guide
+
+    ta = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args[0]
+    node = dit.host.node_class("AttentionAlignAttendExcite")
+    pos, neg = ta_conditioning(dit, dit.flux_clip), encode(dit.flux_clip, "")
+    calls, logs = {}, {}
+    for blocks in ("all", "double"):
+        guidance = node.execute(ta, "car, bench", "builtin", "official", 0.0, 20.0, 25, 0, 16,
+                                dit_blocks=blocks).args[0]
+        spied = dit.flux.clone()
+        spy = KernelInputs(pos[0][0].shape[1], 6 * 5)
+        spied.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = spy
+        m, logs[blocks] = guide(dit.G, spied, guidance)
+        sample(m, pos, neg, cfg=1.0, steps=4)
+        calls[blocks] = spy.calls
+    assert len(calls["all"]) == 4 * 4 + 2 * 3 and len(calls["double"]) == 4 * 4 + 2 * 1   # 4 steps, 2 guided
+    maps = by_hand(calls["double"][1:3], pos[0][0].shape[1], (6, 5))        # step 0's evaluation, double 0 and 1
+    smooth = dit.host.pack_module("guidance.smoothing").smooth_maps
+    a = torch.softmax(100 * maps[:, :ta.context_end - 1], dim=1)
+    car, bench = (next(w for w in ta.words if w.text == t).positions[0] for t in ("car", "bench"))
+    peaks = smooth(a[:, [car, bench]]).flatten(-2).max(-1).values
+    torch.testing.assert_close(logs["double"].steps[0].loss_before, (1 - peaks).clamp_min(0).max(-1).values,
+                               rtol=1e-4, atol=1e-5)
+    assert not torch.equal(logs["double"].steps[0].loss_before, logs["all"].steps[0].loss_before)
+    with pytest.raises(ValueError, match="dit_blocks: 'single' is not one of all, double"):
+        node.execute(ta, "car", "builtin", "official", 1.0, 20.0, 25, 0, 16, dit_blocks="single")
