@@ -77,6 +77,17 @@ class TextAttention:
         return self.encoder == "t5xxl"
 
     @property
+    def causal(self) -> bool:
+        """Whether the encoder's attention is causal (CLIP: T is lower-triangular, and T-SAM compares entries j ≤ i)
+        or bidirectional (T5: whole rows)."""
+        return not self.sentencepiece
+
+    def piece_label(self, piece: str) -> str:
+        """One piece as a person reads it: decoded text without ``</w>``, or without T5's word-start mark ``▁`` (a
+        bare one shown as ``_``)."""
+        return (sp_display([piece]) or "_") if self.sentencepiece else display_piece(piece)
+
+    @property
     def start(self) -> int:
         """Position of the prompt's first token in the encoder's sequence: 1 after CLIP's bos, 0 for T5."""
         return 0 if self.sentencepiece else 1
@@ -108,11 +119,8 @@ class TextAttention:
 
     @property
     def prompt_labels(self) -> list[str]:
-        """The prompt pieces as a person reads them (decoded text, no ``</w>``; T5's word-start mark ``▁`` dropped, a
-        bare one shown as ``_``): labels for plots."""
-        if self.sentencepiece:
-            return [sp_display([p]) or "_" for p in self.prompt_pieces]
-        return [display_piece(p) for p in self.prompt_pieces]
+        """The prompt pieces as a person reads them (:meth:`piece_label`): labels for plots."""
+        return [self.piece_label(p) for p in self.prompt_pieces]
 
     def mean_attention(self) -> torch.Tensor:
         """``[T, T]``: mean over heads and over all layers."""

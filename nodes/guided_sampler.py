@@ -51,11 +51,11 @@ class GuidedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 guidance) -> io.NodeOutput:
-        if getattr(getattr(guidance, "cross_editor", None), "joint", False):   # a DiT edit: guided_model checks it
-            attention_layers(model)
-        else:
-            every_layer = attention_layers(model) if isinstance(guidance, GradientGuidance) \
-                else cross_attention_layers(model)
+        joint = getattr(getattr(guidance, "cross_editor", None), "joint", False)   # an edit of DiT joint attention
+        # UNet or DiT for the gradient methods and the joint edit (guided_model refuses a mismatch), UNet for the rest
+        every_layer = attention_layers(model) if joint or isinstance(guidance, GradientGuidance) \
+            else cross_attention_layers(model)
+        if not joint:
             check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
         guided, log_board = guided_model(model, guidance)
         m, maps_board = captured_model(guided, default_level(guidance, model))

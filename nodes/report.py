@@ -45,7 +45,7 @@ def attention_metrics(maps: torch.Tensor, ta, subjects: str, groups: str, parser
         out["groups"] = str(exc)
     if ta.num_prompt_tokens >= 2:
         out["ts_distance"] = _floats(ts_distance(maps, ta.target(), eos_index=ta.context_eos,
-                                                 first=ta.prompt_slice.start, causal=not ta.sentencepiece))
+                                                 first=ta.prompt_slice.start, causal=ta.causal))
     return out
 
 

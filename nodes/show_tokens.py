@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..guidance.tokens import display_piece, sp_display
 from ._select import PARSERS, NothingFound, groups_for, subjects_for
 from .types import CATEGORY, TextAttentionType
 
@@ -30,8 +29,7 @@ class ShowTokens(io.ComfyNode):
     @classmethod
     def execute(cls, text_attention, subjects: str, groups: str, parser: str) -> io.NodeOutput:
         ta = text_attention
-        label = (lambda p: sp_display([p]) or "_") if ta.sentencepiece else display_piece
-        pieces = " ".join(f"{ta.offset + i}:{label(p)}" for i, p in enumerate(ta.pieces[:ta.eos_index + 1]))
+        pieces = " ".join(f"{ta.offset + i}:{ta.piece_label(p)}" for i, p in enumerate(ta.pieces[:ta.eos_index + 1]))
         lines = [f"tokens: {pieces}"]
         for resolve, spec, name in ((subjects_for, subjects, "subjects"), (groups_for, groups, "groups")):
             try:

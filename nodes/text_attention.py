@@ -71,5 +71,5 @@ class TextSelfAttention(io.ComfyNode):
                                token_ids=ids, gamma=gamma, context=context, offset=offset,
                                embeddings=[] if name == "t5xxl" else embedding_counts(clip, name, text))
         image = matrix_tile(result.target(), result.prompt_labels, (512, 512),
-                            f"T = text self-attention^{gamma:g} ({name})", lower_only=not result.sentencepiece)
+                            f"T = text self-attention^{gamma:g} ({name})", lower_only=result.causal)
         return io.NodeOutput(result, image[None], conditioning)

@@ -50,7 +50,7 @@ class TSAMGuidance(io.ComfyNode):
                 fast: bool = False, dit_blocks: str = "all") -> io.NodeOutput:
         ta = text_attention
         guidance = tsam_guidance(ta.target(), eos_index=ta.context_eos, first=ta.prompt_slice.start,
-                                 causal=not ta.sentencepiece, prompt=ta.prompt, variant=loss,
+                                 causal=ta.causal, prompt=ta.prompt, variant=loss,
                                  strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, refine=refine,
                                  threshold_per_token=threshold_per_token, level=level, context=ta.context)
         if dit_blocks not in _inputs.DIT_BLOCKS:

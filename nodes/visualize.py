@@ -107,7 +107,7 @@ class VisualizeAttention(io.ComfyNode):
             n_items = max(b, image.shape[0] if image is not None else 1)
             size = tuple(image.shape[1:3]) if image is not None else \
                 (VAE_FACTOR * rec.latent_size[0], VAE_FACTOR * rec.latent_size[1])
-            sim = tsam_similarity(maps[:, ta.prompt_slice], causal=not ta.sentencepiece)   # [B, L, L]
+            sim = tsam_similarity(maps[:, ta.prompt_slice], causal=ta.causal)   # [B, L, L]
             for i in range(n_items):
                 bg = image[min(i, image.shape[0] - 1)].float().cpu() if image is not None else None
                 item_maps = per_word[min(i, b - 1)]                          # [n, h, w]
@@ -115,14 +115,14 @@ class VisualizeAttention(io.ComfyNode):
                 item = [heat_tile_with_legend(t, w.label, float(m.min()), float(m.max()))
                         for t, w, m in zip(heat, chosen, item_maps)]
                 item.append(matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention",
-                                      lower_only=not ta.sentencepiece))
+                                      lower_only=ta.causal))
                 item.append(matrix_tile(sim[min(i, b - 1)], _pieces(ta), size, "S: cross-attention similarity",
-                                        lower_only=not ta.sentencepiece))
+                                        lower_only=ta.causal))
                 tiles.append(item)
             labels = [w.label for w in chosen] + ["T", "S"]
         elif ta is not None:
             tiles.append([matrix_tile(ta.target(), _pieces(ta), size, "T: text self-attention",
-                                      lower_only=not ta.sentencepiece)])
+                                      lower_only=ta.causal)])
             labels = ["T"]
         if guidance_log is not None:
             plots = _loss_plots(guidance_log, size)
