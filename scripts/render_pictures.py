@@ -22,9 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tiny_dit
 from headless import REPO_ROOT, ComfyHost, find_comfyui, ui_to_api
-from run_workflow import TINY, tiny_workflow
+from run_workflow import TINY, tiny_prompt
 
 THUMB = 512
 DOC_WIDTH = 768
@@ -152,18 +151,13 @@ def main() -> None:
         ckpt = TINY
         tiny_checkpoint.build(str(host.checkpoint_path(ckpt)), layout="tiny", fp16=True, seed=0)
     taken: dict[str, dict] = {}
-    tiny_dit.register(host)
     for name in a.only or build_workflows.WORKFLOWS:
         stem = Path(name).stem
         path = REPO_ROOT / "example_workflows" / name
         ui = json.loads(path.read_text())
         family = build_workflows.WORKFLOWS[name][1]
-        if family in build_workflows.DIT:
-            prompt = tiny_dit.on_tiny_dit(ui_to_api(ui, host), family, size=a.size, steps=a.steps)
-        else:
-            if not stem.endswith("_toy"):
-                ui = tiny_workflow(ui, host, a.size, a.steps, ckpt=ckpt)
-            prompt = ui_to_api(ui, host)
+        ui, prompt = (ui, ui_to_api(ui, host)) if stem.endswith("_toy") else \
+            tiny_prompt(ui, host, a.size, a.steps, ckpt=ckpt)
         if stem == "attend_and_excite_toy":
             prompt = with_report(prompt)
         where = "the toy model" if stem.endswith("_toy") else f"a tiny {family}" if family in build_workflows.DIT else ckpt

@@ -102,6 +102,21 @@ def dit_family(workflow: dict) -> str | None:
     return None
 
 
+def tiny_prompt(workflow: dict, host: ComfyHost, size: int = 128, steps: int | None = None,
+                ckpt: str = TINY) -> tuple[dict, dict]:
+    """``(ui, API prompt)`` of a UI-format workflow set to run on tiny random-weight models: the tiny SD1.5-family
+    checkpoint (:func:`tiny_workflow`), or for a Flux / SD3.5 workflow the tiny DiT of its family in place of its
+    loaders (``scripts/tiny_dit.py``, whose development loader is registered with ``host``)."""
+    family = dit_family(workflow)
+    if family is None:
+        ui = tiny_workflow(workflow, host, size, steps, ckpt=ckpt)
+        return ui, ui_to_api(ui, host)
+    import tiny_dit
+
+    tiny_dit.register(host)
+    return workflow, tiny_dit.on_tiny_dit(ui_to_api(workflow, host), family, size=size, steps=steps)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("workflow", nargs="+", help="UI-format workflow JSON file(s)")
@@ -126,15 +141,7 @@ def main() -> None:
     printer = ProgressPrinter(host)
     for n, wf in enumerate(a.workflow, 1):
         ui = json.loads(Path(wf).read_text())
-        family = dit_family(ui)
-        if a.tiny and family is None:
-            ui = tiny_workflow(ui, host, a.size, a.steps)
-        prompt = ui_to_api(ui, host)
-        if a.tiny and family is not None:
-            import tiny_dit
-
-            tiny_dit.register(host)
-            prompt = tiny_dit.on_tiny_dit(prompt, family, size=a.size, steps=a.steps)
+        ui, prompt = tiny_prompt(ui, host, a.size, a.steps) if a.tiny else (ui, ui_to_api(ui, host))
         if a.api_out:
             Path(a.api_out).mkdir(parents=True, exist_ok=True)
             (Path(a.api_out) / f"{Path(wf).stem}_api.json").write_text(json.dumps(prompt, indent=1) + "\n")

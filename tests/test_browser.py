@@ -37,18 +37,13 @@ def _tiny(path, host, tiny_ckpt):
     """On the tiny model an SDXL file becomes its SD1.5 twin's graph, which the server would answer from its cache
     (nothing runs, no progress): the SDXL files run at SIZE + 32 px. A Flux / SD3.5 file gets the tiny DiT of its
     family in place of its loaders."""
-    import build_workflows
-    import tiny_dit
-    from headless import api_to_ui, ui_to_api
-    from run_workflow import tiny_workflow
+    from headless import api_to_ui
+    from run_workflow import dit_family, tiny_prompt
 
-    family = build_workflows.WORKFLOWS[path.name][1]
-    if family in build_workflows.DIT:
-        tiny_dit.register(host)
-        return api_to_ui(tiny_dit.on_tiny_dit(ui_to_api(json.loads(path.read_text()), host), family, size=SIZE,
-                                              steps=STEPS), host)
+    workflow = json.loads(path.read_text())
     size = SIZE + 32 if path.stem.endswith("_sdxl") else SIZE
-    return tiny_workflow(json.loads(path.read_text()), host, size=size, steps=STEPS, ckpt=tiny_ckpt)
+    ui, prompt = tiny_prompt(workflow, host, size=size, steps=STEPS, ckpt=tiny_ckpt)
+    return ui if dit_family(workflow) is None else api_to_ui(prompt, host)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

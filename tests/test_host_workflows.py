@@ -33,24 +33,13 @@ def test_workflow_file_matches_the_node_schemas(host, path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs_headless_on_the_tiny_model(host, tiny_ckpt, path):
-    import build_workflows
-    import tiny_dit
-    from headless import ui_to_api
     from PIL import Image
-    from run_workflow import ProgressPrinter, tiny_workflow
+    from run_workflow import ProgressPrinter, tiny_prompt
 
-    family = build_workflows.WORKFLOWS[path.name][1]
-    if family in build_workflows.DIT:
-        # Flux / SD3.5 files: their loaders replaced by the tiny random-weight DiT of the family
-        tiny_dit.register(host)
-        ui = json.loads(path.read_text())
-        prompt = tiny_dit.on_tiny_dit(ui_to_api(ui, host), family)
-    else:
-        # on the tiny model an SDXL file is its SD1.5 twin's graph, which ComfyUI would answer from its cache (the
-        # saved PNGs would carry the twin's workflow): the SDXL files run at 160 px
-        size = 160 if path.stem.endswith("_sdxl") else 128
-        ui = tiny_workflow(json.loads(path.read_text()), host, size=size, steps=3, ckpt=tiny_ckpt)
-        prompt = ui_to_api(ui, host)
+    # on the tiny model an SDXL file is its SD1.5 twin's graph, which ComfyUI would answer from its cache (the saved
+    # PNGs would carry the twin's workflow): the SDXL files run at 160 px. Flux / SD3.5 files run on tiny DiTs.
+    size = 160 if path.stem.endswith("_sdxl") else 128
+    ui, prompt = tiny_prompt(json.loads(path.read_text()), host, size=size, steps=3, ckpt=tiny_ckpt)
     printer = ProgressPrinter(host, out=io.StringIO())
     printer.start(prompt)
     try:
