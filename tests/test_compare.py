@@ -193,13 +193,17 @@ def test_a_jobs_prompt_drops_the_templates_other_branches():
 class FakeServer:
     """A backend whose runs return a fixed image per job; it can die after some jobs or fail some of them."""
 
-    def __init__(self, name, die_after=None, fail=()):
+    def __init__(self, name, die_after=None, fail=(), wait_for=None):
         self.name, self.die_after, self.fail, self.ran = name, die_after, set(fail), []
-        self.lock = threading.Lock()
+        self.lock, self.down, self.wait_for = threading.Lock(), threading.Event(), wait_for
 
     def run(self, prompt):
+        if self.wait_for is not None:                       # hold the first run until the other server has died
+            assert self.wait_for.wait(timeout=30), f"{self.name}: the other server never went down"
+            self.wait_for = None
         with self.lock:
             if self.die_after is not None and len(self.ran) >= self.die_after:
+                self.down.set()
                 raise compare.ServerDown(f"{self.name}: connection refused")
             text = next(n["inputs"]["text"] for n in prompt.values() if n["class_type"].endswith("TextSelfAttention"))
             seed = next(n["inputs"]["seed"] for n in prompt.values() if "seed" in n["inputs"])
@@ -230,7 +234,8 @@ def run(tmp_path, jobs, servers, **kw):
 
 def test_jobs_split_over_servers_and_a_dead_servers_job_is_done_elsewhere(tmp_path):
     jobs = jobs_for()
-    a, b = FakeServer("a", die_after=3), FakeServer("b")
+    a = FakeServer("a", die_after=3)
+    b = FakeServer("b", wait_for=a.down)        # without this, b could take every job before a has run three
     manifest, done = run(tmp_path, jobs, [a, b])
     assert all(manifest.done(j.key) for j in jobs) and sum(done.values()) == len(jobs)
     assert done["a"] == 3 and done["b"] == len(jobs) - 3
