@@ -43,7 +43,7 @@ METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_r
 #: what runs on Flux and SD3/SD3.5, and the DiT architectures (scripts/tiny_dit.py): the tiny ones on a CPU, the
 #: real ones (random weights) on a GPU
 DIT_METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_refine", "attend_excite_fast",
-               "syngen", "syngen_fast", "joint_temperature"]
+               "syngen", "syngen_fast", "attention_regulation", "attention_modulation", "joint_temperature"]
 DIT_ARCHS = {"flux_tiny": ("flux", "tiny", 1.0), "sd35_tiny": ("sd35", "tiny", 4.5),
              "flux_dev": ("flux", "flux_dev", 1.0), "sd35_medium": ("sd35", "sd35_medium", 4.5)}
 
@@ -106,7 +106,7 @@ def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = N
                                                    fast=fast, dit_blocks=dit_blocks).args[0]
     if name == "attention_regulation":
         return cls("AttentionAlignAttentionRegulation").execute(ta, words["subjects"], "builtin", 0, 25, 20, 100.0,
-                                                                level).args[0]
+                                                                level, dit_blocks=dit_blocks).args[0]
     if name == "joint_temperature":
         return cls("AttentionAlignJointTemperature").execute(1.2, 0.1).args[0]
     if name == "attention_modulation":
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--dit-blocks", default="all", choices=["all", "double"],
-                    help="DiTs: the blocks the losses read (the methods' dit_blocks input)")
+                    help="DiTs: the blocks the losses read and Regulation edits (the methods' dit_blocks input)")
     a = ap.parse_args()
     dit = a.arch in DIT_ARCHS
     if a.cfg is None:

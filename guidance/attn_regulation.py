@@ -13,6 +13,12 @@ target columns, a weighted sum of a fixed bank of 2-D Gaussian bumps; only the b
 * after the softmax the bos and eos columns get their unedited probabilities back (rows then no longer sum to 1,
   as in the official code).
 
+On a DiT (Flux, SD3/SD3.5) the same edit acts on the image queries × text keys logits of every joint-attention
+block it is given, inside the joint softmax (``joint_attention.py``): the optimisation sees the image→text
+probabilities renormalised over the text tokens — what the maps mean on a UNet, and exactly the distribution over
+text the edited block then has. T5 has no start token, so on Flux only the end token ``</s>`` gets its probability
+back (SD3's context starts with CLIP's bos).
+
 Differences, on purpose: the previous best is kept per layer, looked up by the layer's block/depth metadata (the
 official code pops a FIFO in call order); W comes from a generator seeded by the node's seed (the official code uses
 the global RNG); gradients run in local ``enable_grad`` contexts (the official code flips global grad mode and
@@ -88,7 +94,9 @@ class RegulationSettings:
     one sampling run."""
 
     targets: tuple[int, ...]
-    eos_index: int
+    eos_index: int                      # the prompt's end token in the context (its probability is put back)
+    start_token: bool = True            # column 0 is a start token (CLIP's bos) whose probability is put back too;
+                                        # False for Flux, whose T5-only context has none (column 0 is a word)
     seed: int = 0
     edit_paper_steps: float = 25
     iterations: int = 20
@@ -122,6 +130,7 @@ class AttentionRegulation:
     def __init__(self, settings: RegulationSettings, *, layers: Collection | None = None):
         self.settings = settings
         self.targets, self.eos_index = list(settings.targets), settings.eos_index
+        self.keep = ([0] if settings.start_token else []) + [settings.eos_index]   # columns given back their probs
         self.layers = None if layers is None else frozenset(layers)
         self.previous: dict[tuple[str, int, int], torch.Tensor] = {}
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -167,9 +176,10 @@ class AttentionRegulation:
         return out
 
     def edit_probs(self, probs: torch.Tensor, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
-        """Put the unedited bos and eos probabilities back (official: after the softmax, all rows)."""
+        """Put the unedited bos and eos probabilities back (official: after the softmax, all rows). On a DiT's joint
+        attention ``probs`` and ``scores`` span the text and image keys; the text keys come first, so the columns
+        are the same."""
         unedited = scores.softmax(dim=-1)
         out = probs.clone()
-        out[..., 0] = unedited[..., 0]
-        out[..., self.eos_index] = unedited[..., self.eos_index]
+        out[..., self.keep] = unedited[..., self.keep]
         return out

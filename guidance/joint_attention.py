@@ -15,6 +15,12 @@ captured map means what it means on a UNet: where each pixel's attention goes am
 :class:`JointAttentionTap` is what the host installs as ComfyUI's ``optimized_attention_override`` for one call of
 one block: it computes ``P`` (float32, only for the positive prompt's rows' observers) and hands the call on — to
 an override another pack had installed, else to the host's own kernel — so the block's output is bit-identical.
+
+Edits of the joint attention (Attention Regulation's logit bias, Attention Modulation's masking, reweighting and
+temperature) change only the image queries' rows: those rows are computed explicitly (float32), the text queries'
+rows still by the kernel. An edit of the image→text logits ``S[i, t]`` acts inside the whole joint softmax, and
+since the image keys' share cancels in ``P``, the renormalised ``P`` an editor optimises or reweights is exactly
+the ``P`` the block then uses.
 """
 from __future__ import annotations
 
@@ -46,11 +52,12 @@ class JointLayout:
 
 def heads_layout(q: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
     """A kernel argument as ``[b, heads, L, d]``: ComfyUI passes ``[b, heads, L, d]`` with ``skip_reshape`` (Flux)
-    and ``[b, L, heads·d]`` otherwise (MMDiT)."""
+    and ``[b, L, heads·d]`` otherwise (MMDiT; its v arrives as ``[b, L, heads, d]``, which the kernel views the same
+    way)."""
     if skip_reshape:
         return q
-    b, n, inner = q.shape
-    return q.view(b, n, heads, inner // heads).transpose(1, 2)
+    b, n = q.shape[:2]
+    return q.reshape(b, n, heads, -1).transpose(1, 2)
 
 
 def image_text_probs(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, *,
@@ -94,13 +101,16 @@ class JointAttentionTap:
     so does a re-run of the joint call (activation checkpointing recomputing the block during a backward pass).
     ``previous``: the override that was in the options before (another pack's), which then computes the output, as
     the host's kernel ``func`` does otherwise. ``text_scale`` ≠ 1 edits the joint call: its image→text logits are
-    multiplied by it (``joint_temperature.py``); observers then see the edited ``P``. ``observe`` may be None (an
-    edit alone). Holds no state beyond the one call it was made for.
+    multiplied by it (``joint_temperature.py``); observers then see the edited ``P``. ``editors`` (with ``call``,
+    the block call's :class:`~.attention_patch.LayerCall`) edit the image rows explicitly (:meth:`_edited`).
+    ``observe`` may be None (an edit alone). Holds no state beyond the one call it was made for.
     """
 
-    def __init__(self, layout: JointLayout, observe, previous=None, *, text_scale: float = 1.0):
+    def __init__(self, layout: JointLayout, observe, previous=None, *, text_scale: float = 1.0, editors=(),
+                 call=None):
         self.layout, self.observe, self.previous = layout, observe, previous
         self.text_scale = float(text_scale)         # an edit's factor on the image→text logits (1: none)
+        self.editors, self.call = tuple(editors), call   # explicit edits of the image rows (see _edited), their call
         self.observed = False
 
     def __call__(self, func, *args, **kwargs):
@@ -109,6 +119,8 @@ class JointAttentionTap:
         skip = bool(kwargs.get("skip_reshape", False))
         length = q.shape[-2] if skip else q.shape[1]
         joint = length >= self.layout.minimum_length and (k.shape[-2] if skip else k.shape[1]) == length
+        if joint and self.editors:
+            return self._edited(func, args, kwargs, heads, length, skip)
         if joint and self.observe is not None:
             # a re-run (checkpointing's recompute in a backward pass) repeats the same operations, as it must, but
             # is not observed again
@@ -141,3 +153,67 @@ class JointAttentionTap:
                 kw["mask"] = mask[..., part, :]
             outs.append(self._run(func, rows(q, part), keys, v, *rest, **kw))
         return torch.cat(outs, dim=-2 if kwargs.get("skip_output_reshape", False) else 1)
+
+    def _edited(self, func, args, kwargs, heads: int, length: int, skip: bool):
+        """The joint attention with ``editors`` applied to the image queries' rows, computed explicitly::
+
+            S = q_img · kᵀ / √d (+ the call's mask)         [b, heads, n_img, L], float32
+            S[..., text]  × text_scale (Joint Attention Temperature), then + editor.bias(...) (Modulation), then
+                          editor.edit_scores(...) (Regulation) — on the image→text block only, by the editors
+                          whose ``wants(call)`` is true
+            S[..., image] × Π editor.image_scale(call) (Modulation's self-attention temperature: 1/τ)
+            out_img = editor.edit_probs(softmax_L(S), S₀) · v     (S₀: S before any edit)
+
+        The text queries' rows (and any rows after the image grid) go through the kernel untouched; the outputs are
+        joined along the sequence in the layout the kernel returns."""
+        q, k, v, rest = args[0], args[1], args[2], args[3:]
+        t, n = self.layout.text, self.layout.image
+        qh, kh, vh = (heads_layout(x, heads, skip) for x in (q, k, v))           # [b, heads, L, d]
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        d = qh.shape[-1]
+        qi = qh[..., t:t + n, :].to(dtype)                                        # [b, heads, n_img, d]
+        scores = qi @ kh.to(dtype).transpose(-1, -2) * d ** -0.5                  # [b, heads, n_img, L]
+        mask = kwargs.get("mask")
+        if mask is not None:
+            m = mask if mask.ndim == 4 else mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+            scores = scores + (m[..., t:t + n, :] if m.shape[-2] == length else m).to(dtype)
+        unedited = scores
+        call = self.call
+        text_part = scores[..., :t] * self.text_scale if self.text_scale != 1.0 else scores[..., :t]
+        flat = lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)   # noqa: E731  [b, n, heads·d]
+        logit_editors = [e for e in self.editors if e.wants(call)]        # the image→text edits of this call
+        for editor in logit_editors:
+            if hasattr(editor, "bias"):
+                text_part = text_part + editor.bias(flat(qi), flat(kh[..., :t, :].to(dtype)), heads, call).to(dtype)
+        for editor in logit_editors:
+            if hasattr(editor, "edit_scores"):
+                text_part = editor.edit_scores(text_part, call)
+        image_scale = 1.0
+        for editor in self.editors:
+            if hasattr(editor, "image_scale"):
+                image_scale *= editor.image_scale(call)
+        image_part = scores[..., t:t + n] * image_scale if image_scale != 1.0 else scores[..., t:t + n]
+        probs = torch.cat([text_part, image_part, scores[..., t + n:]], dim=-1).softmax(dim=-1)
+        for editor in logit_editors:
+            if hasattr(editor, "edit_probs"):
+                probs = editor.edit_probs(probs, unedited, call)
+        if self.observe is not None and not self.observed:
+            self.observed = True
+            text_probs = probs[..., :t]
+            self.observe(text_probs / text_probs.sum(dim=-1, keepdim=True))
+        out_img = (probs @ vh.to(dtype)).to(q.dtype)                             # [b, heads, n_img, d]
+        keep_heads = kwargs.get("skip_output_reshape", False)
+        if not keep_heads:
+            out_img = out_img.transpose(1, 2).reshape(out_img.shape[0], n, -1)   # [b, n_img, heads·d]
+        rows = (lambda x, part: x[..., part, :]) if skip else (lambda x, part: x[:, part])
+        outs = []
+        for part in (slice(0, t), slice(t + n, length)):
+            if part.stop - part.start <= 0:
+                outs.append(None)
+                continue
+            kw = dict(kwargs)
+            if mask is not None and mask.ndim >= 2 and mask.shape[-2] == length:
+                kw["mask"] = mask[..., part, :]
+            outs.append(self._run(func, rows(q, part), k, v, *rest, **kw))
+        dim = -2 if keep_heads else 1
+        return torch.cat([x for x in (outs[0], out_img, outs[1]) if x is not None], dim=dim)

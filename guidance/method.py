@@ -121,6 +121,7 @@ class AttentionEditGuidance:
     cross_level: int | None = 32
     self_settings: object | None = None
     context: torch.Tensor | None = None
+    dit_blocks: str = "all"             # on a DiT: the edit changes "all" joint blocks, or Flux's "double" ones only
 
     @property
     def edits_attention(self) -> bool:

@@ -15,6 +15,12 @@ components, every constant an input, and neutral settings leave attention untouc
 The phase is p = step/N of the running sampler; only the positive prompt's rows are masked or reweighted. The
 modulation also applies inside the gradient passes of T-SAM / A&E / SynGen, so their gradients see the attention
 that is actually sampled.
+
+On a DiT (Flux, SD3/SD3.5) there is no separate self- and cross-attention: each block's joint attention holds both
+(``joint_attention.py``). The pack's transfer: (2) and (3) edit the image queries × text keys logits of every joint
+block, inside the joint softmax (the owner is still the group with the largest mass among the text tokens: the
+image keys' share cancels); (1) divides the image queries × image keys logits by τ, for every row of the batch as
+on a UNet's attn1. The text queries' rows are not touched.
 """
 from __future__ import annotations
 
@@ -148,6 +154,16 @@ class CrossAttentionModulation:
             return False
         mask, w_noun, w_attr = self._active(phase(call))
         return mask or w_noun != 1.0 or w_attr != 1.0
+
+    def wants_joint(self, call: LayerCall) -> bool:
+        """On a DiT block: :meth:`wants`, or the self-attention temperature is on (:meth:`image_scale`)."""
+        if self.layers is not None and call.key not in self.layers:
+            return False
+        return self.image_scale(call) != 1.0 or self.wants(call)
+
+    def image_scale(self, call: LayerCall) -> float:
+        """On a DiT block: the factor 1/τ on the image queries × image keys logits (1 outside the early phase)."""
+        return 1.0 / self.settings.temperature_at(phase(call))
 
     def bias(self, q: torch.Tensor, k: torch.Tensor, heads: int, call: LayerCall) -> torch.Tensor:
         """The additive mask: masking and reweighting on the positive rows, 0 on the others; the host kernel then

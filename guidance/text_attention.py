@@ -108,6 +108,12 @@ class TextAttention:
         return self.offset + self.eos_index
 
     @property
+    def starts_context(self) -> bool:
+        """Whether the model's context begins with a CLIP start token (SD1.x/SD2.x/SDXL, and SD3, whose context is
+        CLIP-L/G then T5); Flux's context is T5 alone, whose position 0 is the prompt's first piece."""
+        return not self.sentencepiece or self.offset > 0
+
+    @property
     def context_end(self) -> int:
         """End of this encoder's span of the model's context (CLIP: its 77-token window; T5: its sequence)."""
         return self.offset + len(self.pieces)

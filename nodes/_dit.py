@@ -4,11 +4,13 @@ Two documented patch points of ComfyUI 0.3.64, both set on a model clone:
 
 * ``patches_replace["dit"][("double_block", i)]`` / ``("single_block", i)``: a *block* replace
   (:class:`JointBlockRouter`), called as ``replace(args, {"original_block": fn})``. When the run's observers want
-  that block, or an editor scales its image→text logits (Joint Attention Temperature), it hands the block a copy of
+  that block, or an editor changes its attention (Joint Attention Temperature, Attention Regulation, Attention
+  Modulation), it hands the block a copy of
   ``transformer_options`` carrying a :class:`~..guidance.joint_attention.JointAttentionTap` as
   ``optimized_attention_override`` (chained to any override already there), then runs the original block (or
   another pack's replace it took over). The override sees the block's q and k exactly as the kernel does; the
-  kernel still computes the output (twice, for an edit), so capture changes nothing.
+  kernel still computes the output (twice, for the temperature; for the text rows only, with Regulation or
+  Modulation, whose image rows are computed explicitly), so capture changes nothing.
 * an ``APPLY_MODEL`` wrapper (:class:`JointGeometry`) that writes, per model call, where the text and image tokens
   sit (text tokens = the conditioning's length; image grid = latent ÷ patch size) into a copy of the call's
   ``transformer_options``: a single block only sees the concatenated sequence.
@@ -122,8 +124,10 @@ class JointBlockRouter:
         if observers or editors:
             call, layout = joint_call(self.block, options)
             active = [o for o in observers if o.wants(call)]
-            scale = math.prod(e.text_scale(call) for e in editors if getattr(e, "joint", False) and e.wants(call))
-            if active or scale != 1.0:
+            wanting = [e for e in editors if (e.wants_joint(call) if hasattr(e, "wants_joint") else e.wants(call))]
+            scale = math.prod(e.text_scale(call) for e in wanting if hasattr(e, "text_scale"))
+            explicit = [e for e in wanting if not hasattr(e, "text_scale")]     # Regulation, Modulation
+            if active or scale != 1.0 or explicit:
                 def observe(probs):
                     probs = fold_repeats(probs, call)
                     for observer in active:
@@ -131,7 +135,7 @@ class JointBlockRouter:
                 options = dict(options)
                 options["optimized_attention_override"] = JointAttentionTap(
                     layout, observe if active else None, previous=options.get("optimized_attention_override"),
-                    text_scale=scale)
+                    text_scale=scale, editors=explicit, call=call)
                 args = {**args, "transformer_options": options}
         if self.inner is not None:
             return self.inner(args, extra)

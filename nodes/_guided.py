@@ -103,14 +103,20 @@ def guided_model(model, guidance, *, verify: bool = False, truncate: bool = True
 
 
 def edited_model(model, guidance: AttentionEditGuidance) -> tuple[object, RunBoard]:
-    """Clone ``model`` with an attention edit (and Modulation's self-attention temperature) attached."""
-    if getattr(guidance.cross_editor, "joint", False):                # an edit of DiT joint attention
-        dm = dit_of(model)
-        if dm is None:
-            raise ValueError(f"model: {guidance.name} edits the joint attention of DiT models (Flux, SD3/SD3.5); "
-                             "this model is a UNet (SD1.x, SD2.x, SDXL), whose text enters through cross-attention")
+    """Clone ``model`` with an attention edit (and Modulation's self-attention temperature) attached: on a UNet's
+    attn2 (and attn1) layers, on a DiT's joint-attention blocks (where the editors also carry the temperature)."""
+    dm = dit_of(model)
+    if getattr(guidance.cross_editor, "joint", False) and dm is None:  # an edit made for DiT joint attention only
+        raise ValueError(f"model: {guidance.name} edits the joint attention of DiT models (Flux, SD3/SD3.5); "
+                         "this model is a UNet (SD1.x, SD2.x, SDXL), whose text enters through cross-attention")
+    if dm is not None:
+        every_layer = joint_layers(dm)
+        layers = every_layer if guidance.cross_level is None else layers_at(every_layer, guidance.cross_level)
+        if guidance.dit_blocks == "double":
+            layers = [layer for layer in layers if layer.key[0] == "double"]
         m = model.clone()
-        board, _ = attach(m, guidance, level_map(joint_layers(dm)), kind="Apply Guidance")
+        board, _ = attach(m, guidance, level_map(layers), kind="Apply Guidance",
+                          checks=_checks(guidance, every_layer))
         return m, board
     every_layer = cross_attention_layers(model)
     chosen = every_layer if guidance.cross_level is None else layers_at(every_layer, guidance.cross_level)

@@ -63,10 +63,22 @@ def fast() -> io.Input:
 DIT_BLOCKS = ("all", "double")
 
 
-def dit_blocks() -> io.Input:
+def dit_blocks(*, edit: bool = False) -> io.Input:
+    """``edit``: the input of an attention edit (which blocks it changes) rather than of a loss (which it reads)."""
     # optional: API-format prompts saved before this input existed stay valid (all = the default)
-    return io.Combo.Input("dit_blocks", options=list(DIT_BLOCKS), default="all", optional=True,
-                          tooltip="Flux and SD3 only: which joint blocks the loss reads. all: every block, averaged "
-                                  "(gsn-factory's choice on SD3). double: Flux's 19 double-stream blocks only, where "
-                                  "text and image keep separate weights; the gradient pass then stops before the 38 "
-                                  "single-stream blocks. On SD3 every block is a double block. Ignored on UNets.")
+    if edit:
+        tooltip = ("Flux and SD3 only: which joint blocks the edit changes. all: every block. double: Flux's 19 "
+                   "double-stream blocks only, where text and image keep separate weights (fewer blocks computed "
+                   "explicitly). On SD3 every block is a double block. Ignored on UNets.")
+    else:
+        tooltip = ("Flux and SD3 only: which joint blocks the loss reads. all: every block, averaged (gsn-factory's "
+                   "choice on SD3). double: Flux's 19 double-stream blocks only, where text and image keep separate "
+                   "weights; the gradient pass then stops before the 38 single-stream blocks. On SD3 every block is "
+                   "a double block. Ignored on UNets.")
+    return io.Combo.Input("dit_blocks", options=list(DIT_BLOCKS), default="all", optional=True, tooltip=tooltip)
+
+
+def check_dit_blocks(value: str) -> str:
+    if value not in DIT_BLOCKS:
+        raise ValueError(f"dit_blocks: '{value}' is not one of {', '.join(DIT_BLOCKS)}")
+    return value

@@ -14,14 +14,6 @@ from ._spacy import parser_options
 PARSERS = parser_options()
 
 
-def require_clip(ta: TextAttention, method: str) -> None:
-    """Refuse a T5 prompt (Flux, SD3) for a method that runs on UNet models only so far."""
-    if ta.sentencepiece:
-        raise ValueError(f"text_attention: it comes from T5 (a Flux or SD3/SD3.5 prompt); {method} works with CLIP "
-                         "prompts on SD1.x, SD2.x and SDXL so far. On Flux and SD3 T-SAM, Attend-and-Excite, SynGen, "
-                         "Joint Attention Temperature, the Attention Report and the capture/visualisation nodes run.")
-
-
 class NothingFound(ValueError):
     """The automatic mode found no subject / no group in the prompt."""
 

@@ -17,7 +17,7 @@ class ApplyGuidance(io.ComfyNode):
             description="Returns a copy of the model that applies the guidance whenever a sampler node runs it: "
                         "KSampler, KSampler (Advanced), SamplerCustom(Advanced), with any of ComfyUI's samplers.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet); Flux or SD3/SD3.5 (DiT) for Joint Attention Temperature."),
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet), or Flux / SD3 / SD3.5 (DiT)."),
                 GuidanceType.Input("guidance", tooltip="From a guidance node such as T-SAM Guidance."),
             ],
             outputs=[

@@ -1,4 +1,5 @@
-"""Node: Attention Regulation (bias on the target tokens' cross-attention logits; no UNet backward)."""
+"""Node: Attention Regulation (bias on the target tokens' cross-attention logits — on DiTs, the image→text logits of
+the joint attention; no backward pass through the model)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -6,7 +7,7 @@ from comfy_api.latest import io
 from ..guidance.attn_regulation import RegulationSettings
 from ..guidance.method import AttentionEditGuidance
 from . import _inputs
-from ._select import require_clip, subjects_for
+from ._select import subjects_for
 from .types import CATEGORY, GuidanceType
 
 
@@ -19,8 +20,9 @@ class AttentionRegulationGuidance(io.ComfyNode):
             category=CATEGORY,
             description="Attention Regulation (Zhang et al., ECCV 2024): in the chosen cross-attention layers and the "
                         "first steps, a small optimisation adds Gaussian bumps to the target words' attention logits "
-                        "so each target gets a strong, comparably sized region. No backward pass through the UNet. "
-                        "Connect to Apply Guidance (any sampler node) or a Guided KSampler.",
+                        "so each target gets a strong, comparably sized region. No backward pass through the model. "
+                        "On Flux and SD3/SD3.5 it edits the image→text logits of the joint-attention blocks (level "
+                        "16). Connect to Apply Guidance (any sampler node) or a Guided KSampler.",
             inputs=[
                 _inputs.text_attention(),
                 io.String.Input("targets", default="",
@@ -38,6 +40,7 @@ class AttentionRegulationGuidance(io.ComfyNode):
                 io.Float.Input("learning_rate", default=100.0, min=0.0, max=10000.0, step=1.0,
                                tooltip="Step size of the bump weights, multiplied by batch × heads (official: 100)."),
                 _inputs.level(),
+                _inputs.dit_blocks(edit=True),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The targets and their tokens.")],
@@ -45,13 +48,12 @@ class AttentionRegulationGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_attention, targets: str, parser: str, seed: int, edit_steps: int, iterations: int,
-                learning_rate: float, level: int) -> io.NodeOutput:
+                learning_rate: float, level: int, dit_blocks: str = "all") -> io.NodeOutput:
         ta = text_attention
-        require_clip(ta, "Attention Regulation")
         words, text = subjects_for(ta, targets, parser, "targets")
         positions = [p for w in words for p in w.positions]
-        editor = RegulationSettings(targets=tuple(positions), eos_index=ta.eos_index, seed=seed,
-                                    edit_paper_steps=edit_steps, iterations=iterations, lr=learning_rate)
+        editor = RegulationSettings(targets=tuple(positions), eos_index=ta.context_eos, start_token=ta.starts_context,
+                                    seed=seed, edit_paper_steps=edit_steps, iterations=iterations, lr=learning_rate)
         guidance = AttentionEditGuidance(name="Attention Regulation", cross_editor=editor, cross_level=level,
-                                         context=ta.context)
+                                         context=ta.context, dit_blocks=_inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance, text)

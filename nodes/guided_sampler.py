@@ -7,10 +7,8 @@ from comfy_api.latest import io
 
 from ..guidance.engine import GuidanceRecord
 from ..guidance.maps import AttentionMaps
-from ..guidance.method import GradientGuidance
 from ._dit import attention_layers
 from ._guided import captured_model, check_sizes, default_level, guided_model
-from ._unet import cross_attention_layers
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, GuidanceType
 
 
@@ -25,7 +23,7 @@ class GuidedKSampler(io.ComfyNode):
                         "cross-attention follows the guidance objective. Also returns the positive prompt's "
                         "cross-attention maps at the objective's level and the loss per step.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet); Flux or SD3/SD3.5 (DiT) for Joint Attention Temperature."),
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model (UNet), or Flux / SD3 / SD3.5 (DiT)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="The random seed used for creating the noise."),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Denoising steps."),
@@ -51,12 +49,8 @@ class GuidedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 guidance) -> io.NodeOutput:
-        joint = getattr(getattr(guidance, "cross_editor", None), "joint", False)   # an edit of DiT joint attention
-        # UNet or DiT for the gradient methods and the joint edit (guided_model refuses a mismatch), UNet for the rest
-        every_layer = attention_layers(model) if joint or isinstance(guidance, GradientGuidance) \
-            else cross_attention_layers(model)
-        if not joint:
-            check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
+        every_layer = attention_layers(model)       # a UNet's attn2 layers or a DiT's joint blocks
+        check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
         guided, log_board = guided_model(model, guidance)
         m, maps_board = captured_model(guided, default_level(guidance, model))
         (latent,) = comfy_nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative,

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..guidance.method import AttentionEditGuidance
 from ..guidance.modulation import CrossAttentionModulation, ModulationSettings
 from . import _inputs
-from ._select import entities_for, require_clip
+from ._select import entities_for
 from .types import CATEGORY, GuidanceType
 
 
@@ -23,8 +23,10 @@ class AttentionModulationGuidance(io.ComfyNode):
             category=CATEGORY,
             description="Phase-wise attention modulation after Wu et al. 2024 (no official code exists; this is the "
                         "pack's own design): sharper self-attention early on, each image patch restricted to the "
-                        "entity it attends to most, and nouns weighted up early, attributes late. Near-zero cost. "
-                        "Neutral settings (temperature 1, mask_until 0, weights 1) leave the model unchanged.",
+                        "entity it attends to most, and nouns weighted up early, attributes late. Near-zero cost on "
+                        "UNets. On Flux and SD3/SD3.5 it edits every joint-attention block: the image→text logits "
+                        "(masking, weights) and the image→image ones (temperature). Neutral settings (temperature 1, "
+                        "mask_until 0, weights 1) leave the model unchanged.",
             inputs=[
                 _inputs.text_attention(),
                 io.String.Input("entities", default="",
@@ -49,7 +51,6 @@ class AttentionModulationGuidance(io.ComfyNode):
     def execute(cls, text_attention, entities: str, parser: str, temperature: float, temperature_until: float,
                 mask_until: float, noun_weight: float, attribute_weight: float, switch: float) -> io.NodeOutput:
         ta = text_attention
-        require_clip(ta, "Attention Modulation")
         groups, text = entities_for(ta, entities, parser)
         settings = ModulationSettings(temperature, temperature_until, mask_until, noun_weight, attribute_weight,
                                       switch)

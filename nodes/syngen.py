@@ -48,7 +48,5 @@ class SynGenGuidance(io.ComfyNode):
                                    first=ta.prompt_slice.start,
                                    strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, level=level,
                                    context=ta.context)
-        if dit_blocks not in _inputs.DIT_BLOCKS:
-            raise ValueError(f"dit_blocks: '{dit_blocks}' is not one of {', '.join(_inputs.DIT_BLOCKS)}")
-        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=dit_blocks)
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=_inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance, text)

@@ -53,7 +53,5 @@ class TSAMGuidance(io.ComfyNode):
                                  causal=ta.causal, prompt=ta.prompt, variant=loss,
                                  strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, refine=refine,
                                  threshold_per_token=threshold_per_token, level=level, context=ta.context)
-        if dit_blocks not in _inputs.DIT_BLOCKS:
-            raise ValueError(f"dit_blocks: '{dit_blocks}' is not one of {', '.join(_inputs.DIT_BLOCKS)}")
-        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=dit_blocks)
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=_inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance)

@@ -278,20 +278,23 @@ def joint_temperature_dit(family: str) -> tuple[dict, list[list[str]]]:
                                               "inputs": {"gamma": 1.2, "until": 0.1}})
 
 
-def _dit_method(family: str, unet_graph) -> tuple[dict, list[list[str]]]:
-    """A gradient method's graph on a DiT: the SD1.5 graph's prompt and method node, read at level 16 (every joint
-    block) and applied with Apply Guidance before the capture."""
+def _dit_method(family: str, unet_graph, *, plot: bool = True) -> tuple[dict, list[list[str]]]:
+    """A method's graph on a DiT: the SD1.5 graph's prompt and method node, at level 16 (every joint block) where
+    the method has a level, applied with Apply Guidance before the capture; ``plot``: its loss per step is drawn."""
     unet, _ = unet_graph()
     method = unet["4"]
-    method["inputs"]["level"] = 16
-    return capture_and_visualise_dit(family, method, text=unet["2"]["inputs"]["text"], plot=True)
+    if "level" in method["inputs"]:
+        method["inputs"]["level"] = 16
+    return capture_and_visualise_dit(family, method, text=unet["2"]["inputs"]["text"], plot=plot)
 
 
 #: the graphs that run on DiT models (Flux, SD3.5), made per family
 DIT_MAKERS = {"capture_and_visualise": capture_and_visualise_dit, "joint_temperature": joint_temperature_dit,
               "tsam": lambda family: _dit_method(family, tsam),
               "attend_and_excite": lambda family: _dit_method(family, attend_and_excite),
-              "syngen": lambda family: _dit_method(family, syngen)}
+              "syngen": lambda family: _dit_method(family, syngen),
+              "attention_regulation": lambda family: _dit_method(family, attention_regulation),
+              "attention_modulation": lambda family: _dit_method(family, attention_modulation, plot=False)}
 WORKFLOWS = {**{f"{graph}_{family}.json": (graph, family) for graph in MAKERS for family in FAMILIES},
              **{f"{graph}_{family}.json": (graph, family) for graph in DIT_MAKERS for family in DIT}}
 
@@ -310,7 +313,13 @@ def note_text(graph: str, family: str) -> str:
                    "no words to type." if graph == "joint_temperature" else "")
                 + (f"\n\n{WORDS[graph]} Level 16: the maps of every joint-attention block (the only level a DiT "
                    "has). No official DiT settings exist for this method; these are its SD1.5 ones (gsn-factory "
-                   "uses the same on SD3)." if graph in MAKERS and graph != "capture_and_visualise" else ""))
+                   "uses the same on SD3)." if graph in ("tsam", "attend_and_excite", "syngen") else "")
+                + (f"\n\n{WORDS[graph]} It edits the image→text logits of every joint-attention block (level 16, "
+                   "the only level a DiT has; dit_blocks = double: Flux's double-stream blocks only). No DiT "
+                   "settings were published; these are its SD1.5 ones." if graph == "attention_regulation" else "")
+                + (f"\n\n{WORDS[graph]} It edits every joint-attention block: masking and weights on the "
+                   "image→text logits, the temperature on the image→image ones. No DiT settings were published; "
+                   "these are its SD1.5 ones." if graph == "attention_modulation" else ""))
     if family == "toy":
         return (f"Set up for the pack's toy model: a small text-to-image model of coloured shapes (circle, square, "
                 f"triangle, star, cross, heart × red, green, blue, yellow, purple, orange, white), trained by "

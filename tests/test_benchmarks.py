@@ -66,13 +66,16 @@ def test_dit_gradient_pass_reads_every_block_so_nothing_is_truncated(host):
 def test_benchmark_runs_on_a_dit(comfy_path, tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"), "--arch", "flux_tiny",
-                          "--size", "64", "--steps", "3", "--methods", "attend_excite,joint_temperature", "--json",
+                          "--size", "64", "--steps", "3", "--methods", "attend_excite,joint_temperature,attention_regulation",
+                          "--json",
                           str(out)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "COMFYUI_PATH": str(comfy_path)})
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
     rows = {r["method"]: r for r in data["rows"]}
-    assert set(rows) == {"plain", "attend_excite", "joint_temperature"} and data["args"]["cfg"] == 1.0
+    assert set(rows) == {"plain", "attend_excite", "joint_temperature", "attention_regulation"}
+    assert data["args"]["cfg"] == 1.0
     assert rows["attend_excite"]["guided_steps"] == 2 and rows["attend_excite"]["bound"] > 1.0
-    assert rows["joint_temperature"]["bound"] == 1.0
+    assert rows["joint_temperature"]["bound"] == 1.0 and rows["attention_regulation"]["bound"] == 1.0
+    assert "regulation loss per step (before→best)" in res.stdout
     assert "one gradient pass" in res.stdout and "DiT forwards" in res.stdout

@@ -2,6 +2,7 @@
 built from ComfyUI's own classes (``scripts/tiny_dit.py``)."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -197,16 +198,15 @@ def test_tsam_on_t5_compares_whole_rows_of_the_prompts_span(dit):
     assert ta.eos_index == 9 and ta.target().shape == (9, 9)
 
 
-def test_methods_say_what_dit_support_there_is(dit):
-    ta = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args[0]
-    with pytest.raises(ValueError, match="T5 .*Attention Regulation works with CLIP prompts.*Attend-and-Excite"):
-        dit.host.node_class("AttentionAlignAttentionRegulation").execute(ta, "car", "builtin", 0, 25, 20, 100.0, 16)
-    clip_ta = dit.text.execute(dit.sd3_clip, PROMPT, "clip_l", 3.0).args[0]
-    regulation = dit.host.node_class("AttentionAlignAttentionRegulation").execute(
-        clip_ta, "car", "builtin", 0, 25, 20, 100.0, 32).args[0]
-    for model, name in ((dit.mmdit, "OpenAISignatureMMDITWrapper"), (dit.flux, "Flux")):
-        with pytest.raises(ValueError, match=f"network is {name}, which has no UNet cross-attention.*Attend-and-Excite"):
-            dit.host.node_class("AttentionAlignApplyGuidance").execute(model, regulation)
+def test_edits_on_dits_say_which_level_and_blocks_there_are(dit):
+    ta = dit.text.execute(dit.sd3_clip, PROMPT, "auto", 3.0).args[0]
+    regulation = dit.host.node_class("AttentionAlignAttentionRegulation")
+    apply = dit.host.node_class("AttentionAlignApplyGuidance")
+    at_32 = regulation.execute(ta, "car", "builtin", 0, 25, 20, 100.0, 32).args[0]
+    with pytest.raises(ValueError, match="level: this model has no cross-attention at image ÷32; its levels are 16"):
+        apply.execute(dit.mmdit, at_32)
+    with pytest.raises(ValueError, match="dit_blocks: 'single' is not one of all, double"):
+        regulation.execute(ta, "car", "builtin", 0, 25, 20, 100.0, 16, dit_blocks="single")
 
 
 def test_an_unsupported_dit_is_named(dit):
@@ -462,3 +462,150 @@ def test_double_blocks_only_reads_fluxs_double_stream_and_stops_there(dit):
     assert not torch.equal(logs["double"].steps[0].loss_before, logs["all"].steps[0].loss_before)
     with pytest.raises(ValueError, match="dit_blocks: 'single' is not one of all, double"):
         node.execute(ta, "car", "builtin", "official", 1.0, 20.0, 25, 0, 16, dit_blocks="single")
+
+
+# ---------------------------------------------------------------------------------- Attention Modulation on DiTs
+class HandModulation:
+    """A test-side reference for Attention Modulation on joint attention: every joint call computed by hand
+    (float64). Phase p = step/steps. All rows: image × image logits / τ while p < temperature_until. Positive rows'
+    image × text logits: while p < mask_until each image token keeps only the entity group whose tokens hold the
+    largest softmax mass among the text tokens (−∞ on the others' tokens); then + log w on the nouns (p < switch) or
+    on the attributes (p ≥ switch)."""
+
+    def __init__(self, text, image, groups, nouns, attributes, s):
+        self.text, self.image, self.groups, self.nouns, self.attributes, self.s = text, image, groups, nouns, \
+            attributes, s
+        self.edited = 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, func, *args, **kwargs):
+        q, k, v = args[0], args[1], args[2]
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        if not kwargs.get("skip_reshape", False):
+            b, n, inner = q.shape
+            q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+        t, n = self.text, self.image
+        if k.shape[-2] < t + n:
+            return func(*args, **kwargs)
+        to = kwargs["transformer_options"]
+        schedule = to["sample_sigmas"].tolist()
+        step = max(i for i, sg in enumerate(schedule[:-1]) if sg >= float(to["sigmas"][0]))
+        p = step / (len(schedule) - 1)
+        s = q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
+        it = s[:, :, t:t + n, :t].clone()                                   # image queries × text keys
+        edit = torch.zeros_like(it)
+        if p < self.s["mask_until"]:
+            mass = it.softmax(-1)
+            owner = torch.stack([mass[..., g].sum(-1) for g in self.groups], -1).argmax(-1)   # [b, heads, n]
+            for gi, g in enumerate(self.groups):
+                for other in self.groups:
+                    if other is not g:
+                        edit[..., other] = torch.where((owner == gi)[..., None], -torch.inf, edit[..., other])
+        columns, w = (self.nouns, self.s["noun"]) if p < self.s["switch"] else (self.attributes, self.s["attr"])
+        edit[..., columns] += math.log(w)
+        order = to["cond_or_uncond"]
+        per = s.shape[0] // len(order)
+        for j, c in enumerate(order):
+            if c == 0:
+                s[j * per:(j + 1) * per, :, t:t + n, :t] += edit[j * per:(j + 1) * per]
+        if p < self.s["until"]:
+            s[:, :, t:t + n, t:t + n] /= self.s["tau"]
+        self.edited += 1
+        out = (s.softmax(-1) @ v.double()).to(q.dtype)
+        return out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
+
+
+def modulation(dit, clip, **s):
+    ta, _, pos = dit.text.execute(clip, PROMPT, "auto", 3.0).args
+    node = dit.host.node_class("AttentionAlignAttentionModulation")
+    guidance = node.execute(ta, "red car; blue bench", "builtin", s["tau"], s["until"], s["mask_until"], s["noun"],
+                            s["attr"], s["switch"]).args[0]
+    return ta, pos, guidance
+
+
+@pytest.mark.parametrize("kind", ["flux", "mmdit"])
+def test_attention_modulation_on_joint_attention_equals_the_hand_computed_one(dit, kind):
+    """Every component in its phase over 4 steps (τ at steps 0–1, masking at 0–2, nouns at 0–1, attributes at 2–3),
+    both CFG branches on SD3 (only τ on the negative one); the latent matches the hand-made attention."""
+    model = getattr(dit, kind)
+    clip = dit.flux_clip if kind == "flux" else dit.sd3_clip
+    s = dict(tau=0.7, until=0.3, mask_until=0.6, noun=1.8, attr=1.6, switch=0.5)
+    ta, pos, guidance = modulation(dit, clip, **s)
+    neg = encode(clip, "blurry")
+    cfg = 1.0 if kind == "flux" else 4.0
+    edited, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(model, guidance).args
+    out = sample(edited, pos, neg, cfg=cfg, steps=4)
+    editor = guidance.cross_editor
+    at = {w.text: list(w.positions) for w in ta.words}
+    assert editor.groups == [at["red"] + at["car"], at["blue"] + at["bench"]]
+    assert editor.nouns == at["car"] + at["bench"] and editor.attributes == at["red"] + at["blue"]
+    hand = HandModulation(pos[0][0].shape[1], 30, editor.groups, editor.nouns, editor.attributes, s)
+    reference = model.clone()
+    reference.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = hand
+    expected = sample(reference, pos, neg, cfg=cfg, steps=4)
+    stock = sample(model, pos, neg, cfg=cfg, steps=4)
+    assert hand.edited == 4 * (4 if kind == "flux" else 3)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert (out - stock).abs().max() > 100 * (out - expected).abs().max()
+
+
+def test_attention_modulation_neutral_on_a_dit_is_the_stock_model_bit_for_bit(dit):
+    ta, pos, guidance = modulation(dit, dit.flux_clip, tau=1.0, until=0.3, mask_until=0.0, noun=1.0, attr=1.0,
+                                   switch=0.5)
+    edited, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(dit.flux, guidance).args
+    neg = encode(dit.flux_clip, "")
+    assert torch.equal(sample(edited, pos, neg, cfg=1.0), sample(dit.flux, pos, neg, cfg=1.0))
+
+
+# ---------------------------------------------------------------------------------- Attention Regulation on DiTs
+def regulation(dit, clip, edit_steps, dit_blocks="all"):
+    ta, _, pos = dit.text.execute(clip, PROMPT, "auto", 3.0).args
+    node = dit.host.node_class("AttentionAlignAttentionRegulation")
+    return ta, pos, node.execute(ta, "car, bench", "builtin", 0, edit_steps, 20, 100.0, 16,
+                                 dit_blocks=dit_blocks).args[0]
+
+
+@pytest.mark.parametrize("kind", ["flux", "mmdit"])
+def test_attention_regulation_on_joint_attention_raises_the_targets_attention(dit, kind):
+    """Through the Guided KSampler: the edited steps lower the regulation loss in every block call, the maps
+    (the edited attention) give the two targets more of each pixel's attention than a stock run's, and edit_steps
+    0 is the stock model bit for bit. The end token gets its probability back (T5's ``</s>``; on SD3 also CLIP's
+    start token, which begins the context)."""
+    model = getattr(dit, kind)
+    clip = dit.flux_clip if kind == "flux" else dit.sd3_clip
+    cfg = 1.0 if kind == "flux" else 3.0
+    ta, pos, guidance = regulation(dit, clip, 50)
+    neg = encode(clip, "")
+    latent = {"samples": torch.zeros(1, 16, 12, 10)}
+    ks = dit.host.node_class("AttentionAlignGuidedKSampler")
+    _, maps, log = ks.execute(model, 4, 3, cfg, "euler", "simple", pos, neg, latent, 1.0, guidance).args
+    ta0, pos0, off = regulation(dit, clip, 0)
+    stock_latent, plain, _ = ks.execute(model, 4, 3, cfg, "euler", "simple", pos0, neg, latent, 1.0, off).args
+    editor = guidance.cross_editor
+    assert editor.eos_index == ta.context_eos and editor.start_token == (kind == "mmdit")
+    targets = [p for w in ta.words if w.text in ("car", "bench") for p in w.positions]
+    share = lambda m: m.mean(16)[:, targets].sum(1).mean().item()            # noqa: E731
+    assert share(maps) > 1.5 * share(plain)
+    assert [s.step for s in log.steps] == [0, 1, 2]
+    assert all(s.losses[1][0] < s.losses[0][0] for s in log.steps)          # (loss before, best loss) per step
+    assert torch.equal(stock_latent["samples"], sample(model, pos0, neg, cfg=cfg, steps=3))
+
+
+def test_attention_regulation_double_blocks_edits_fluxs_double_stream_only(dit):
+    ta, pos, guidance = regulation(dit, dit.flux_clip, 50, dit_blocks="double")
+    m, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(dit.flux, guidance).args
+    runs = []
+    original = guidance.cross_editor.for_run
+
+    def spy(layers):
+        runs.append(sorted(layers))
+        return original(layers)
+
+    object.__setattr__(guidance.cross_editor, "for_run", spy)
+    try:
+        sample(m, pos, encode(dit.flux_clip, ""), cfg=1.0, steps=2)
+    finally:
+        object.__delattr__(guidance.cross_editor, "for_run")
+    assert runs == [[("double", i, 0) for i in range(len(dit.flux.model.diffusion_model.double_blocks))]]

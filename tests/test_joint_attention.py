@@ -137,3 +137,86 @@ def test_temperature_settings_refuse_bad_values():
         JointTemperatureSettings(gamma=0)
     with pytest.raises(ValueError, match="until: 1.5 is not a phase"):
         JointTemperatureSettings(until=1.5)
+
+
+class KnownEdit:
+    """A test editor: adds a fixed bias to the image→text logits of the calls it wants, and scales the image→image
+    logits of every call by ``image``."""
+
+    def __init__(self, bias, image, wanted=True):
+        self.b, self.image, self.wanted, self.shapes = bias, image, wanted, []
+
+    def wants(self, call):
+        return self.wanted
+
+    def bias(self, q, k, heads, call):
+        self.shapes.append((tuple(q.shape), tuple(k.shape), heads))
+        return self.b
+
+    def image_scale(self, call):
+        return self.image
+
+
+def _flat(t):
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["flux_layout", "mmdit_layout"])
+@pytest.mark.parametrize("wanted", [True, False], ids=["logit_edit", "temperature_only"])
+def test_an_edit_changes_the_image_rows_inside_the_joint_softmax_and_leaves_the_text_rows(skip, wanted):
+    """By hand: the whole score matrix, + the bias on the image-query × text-key block (only when the editor wants
+    the call), × the image scale on the image × image block, one softmax over every key; rows of text queries and
+    of tokens after the image grid are plain attention. Observers see the edited block renormalised over text."""
+    torch.manual_seed(7)
+    t, grid, heads, d = 4, (2, 3), 2, 8
+    n, length = 6, 4 + 6 + 2
+    q, k, v = (torch.randn(2, heads, length, d, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(2, heads, n, t, dtype=torch.float64)
+    editor = KnownEdit(bias, 0.5, wanted)
+    scores = q @ k.transpose(-1, -2) / d ** 0.5
+    plain = scores.softmax(-1) @ v
+    edited = scores.clone()
+    if wanted:
+        edited[:, :, t:t + n, :t] += bias
+    edited[:, :, t:t + n, t:t + n] *= 0.5
+    probs = edited.softmax(-1)
+    expected = torch.cat([plain[:, :, :t], (probs @ v)[:, :, t:t + n], plain[:, :, t + n:]], dim=2)
+    seen = []
+    tap = JointAttentionTap(JointLayout(t, grid), seen.append, editors=[editor], call="the call")
+    args = (q, k, v) if skip else tuple(_flat(x) for x in (q, k, v))
+    out = tap(_kernel, *args, heads=heads, skip_reshape=skip)
+    torch.testing.assert_close(out, _flat(expected))
+    block = probs[:, :, t:t + n, :t]
+    torch.testing.assert_close(seen[0], block / block.sum(-1, keepdim=True))
+    assert editor.shapes == ([((2, n, heads * d), (2, t, heads * d), heads)] if wanted else [])
+    assert not torch.allclose(out, _flat(plain))
+
+
+def test_regulation_on_joint_attention_restores_the_end_token_and_keeps_a_first_word_edited():
+    """Flux's context has no start token: column 0 is a word (here a target). The image rows get the editor's
+    biased image→text logits (the editor itself is checked against the official code elsewhere) inside the joint
+    softmax; after it only the end token's joint probability is put back."""
+    from attention_align.guidance.attention_patch import LayerCall
+    from attention_align.guidance.attn_regulation import RegulationSettings
+
+    torch.manual_seed(8)
+    t, grid, heads, d = 6, (4, 4), 2, 8
+    length = 6 + 16
+    q, k, v = (torch.randn(2, heads, length, d) for _ in range(3))
+    schedule = torch.linspace(1.0, 0.0, 11)
+    call = LayerCall(block=("double", 0), depth=0, size=grid, latent_size=(8, 8), cond_or_uncond=(1, 0),
+                     sigma=float(schedule[0]), sample_sigmas=schedule, grad_pass=False)
+    settings = RegulationSettings(targets=(0, 2), eos_index=4, start_token=False, seed=3)
+    scores = q @ k.transpose(-1, -2) / d ** 0.5
+    twin = settings.for_run()
+    text_part = twin.edit_scores(scores[:, :, t:, :t], call)
+    probs = torch.cat([text_part, scores[:, :, t:, t:]], dim=-1).softmax(-1)
+    unedited = scores[:, :, t:].softmax(-1)
+    probs[..., 4] = unedited[..., 4]
+    expected = torch.cat([scores[:, :, :t].softmax(-1) @ v, probs @ v], dim=2)
+    tap = JointAttentionTap(JointLayout(t, grid), None, editors=[settings.for_run()], call=call)
+    out = tap(_kernel, q, k, v, heads, skip_reshape=True)
+    torch.testing.assert_close(out, _flat(expected), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(probs[1, ..., 0], unedited[1, ..., 0])            # the first word stays edited
+    assert torch.equal(text_part[0], scores[0, :, t:, :t])                      # the negative rows untouched
+    assert settings.for_run().keep == [4] and RegulationSettings(targets=(2,), eos_index=7).for_run().keep == [0, 7]
