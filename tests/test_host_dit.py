@@ -609,3 +609,102 @@ def test_attention_regulation_double_blocks_edits_fluxs_double_stream_only(dit):
     finally:
         object.__delattr__(guidance.cross_editor, "for_run")
     assert runs == [[("double", i, 0) for i in range(len(dit.flux.model.diffusion_model.double_blocks))]]
+
+
+# ---------------------------------------------------------------------------------- Flux Kontext, other packs' blocks
+def with_reference(cond, latent):
+    """The conditioning as ComfyUI's ReferenceLatent node makes it (Flux Kontext's reference image)."""
+    return [[c[0], {**c[1], "reference_latents": [latent]}] for c in cond]
+
+
+def test_flux_kontext_reference_tokens_are_neither_read_nor_edited(dit):
+    """A reference latent (Flux Kontext) adds image tokens after the grid: the capture stays exact and its maps are
+    those of the grid's queries over the text keys; Modulation's edit equals the hand-made one that leaves the
+    reference tokens' rows alone and divides only grid × grid logits by τ (reference keys stay in the softmax)."""
+    ta, pos, guidance = modulation(dit, dit.flux_clip, tau=0.7, until=0.3, mask_until=0.6, noun=1.8, attr=1.6,
+                                   switch=0.5)
+    pos = with_reference(pos, torch.randn(1, 16, 8, 6, generator=torch.Generator().manual_seed(2)))
+    neg = encode(dit.flux_clip, "")
+    text = pos[0][0].shape[1]
+    stock = sample(dit.flux, pos, neg, cfg=1.0, steps=4)
+    observed = dit.flux.clone()
+    spy = KernelInputs(text, 6 * 5 + 4 * 3)                                 # the grid, then 4×3 reference patches
+    observed.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = spy
+    captured, board = dit.G.captured_model(observed, None)
+    assert torch.equal(sample(captured, pos, neg, cfg=1.0, steps=4), stock)
+    assert len(spy.calls) == 4 * 4
+    torch.testing.assert_close(board.records[-1].mean(16), by_hand(spy.calls, text, (6, 5)), rtol=1e-5, atol=1e-6)
+    edited, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(dit.flux, guidance).args
+    out = sample(edited, pos, neg, cfg=1.0, steps=4)
+    editor = guidance.cross_editor
+    hand = HandModulation(text, 30, editor.groups, editor.nouns, editor.attributes,
+                          dict(tau=0.7, until=0.3, mask_until=0.6, noun=1.8, attr=1.6, switch=0.5))
+    reference = dit.flux.clone()
+    reference.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = hand
+    torch.testing.assert_close(out, sample(reference, pos, neg, cfg=1.0, steps=4), rtol=1e-4, atol=1e-4)
+
+
+class OtherPacksBlock:
+    """Another pack's block replace on one DiT block: counts its calls and scales the block's image output."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, args, extra):
+        self.calls += 1
+        out = extra["original_block"](args)
+        return {**out, "img": out["img"] * 1.01}
+
+
+@pytest.mark.parametrize("edit", [False, True], ids=["capture", "modulation"])
+def test_another_packs_block_replace_keeps_running_under_capture_and_edits(dit, edit):
+    """The pack takes over a block another pack replaced (Flux double block 0): that replace still runs on every
+    call, capture adds nothing to its result, and an edit still reaches the block's attention through it."""
+    other = OtherPacksBlock()
+    model = dit.flux.clone()
+    model.set_model_patch_replace(other, "dit", "double_block", 0)
+    ta, pos, guidance = modulation(dit, dit.flux_clip, tau=0.7, until=1.0, mask_until=1.0, noun=1.8, attr=1.8,
+                                   switch=0.5)
+    neg = encode(dit.flux_clip, "")
+    base = sample(model, pos, neg, cfg=1.0)
+    calls = other.calls
+    if edit:
+        m, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(model, guidance).args
+        out = sample(m, pos, neg, cfg=1.0)
+        editor = guidance.cross_editor
+        hand = HandModulation(pos[0][0].shape[1], 30, editor.groups, editor.nouns, editor.attributes,
+                              dict(tau=0.7, until=1.0, mask_until=1.0, noun=1.8, attr=1.8, switch=0.5))
+        reference = model.clone()                                               # the other pack's replace + by hand
+        reference.model_options["transformer_options"]["optimized_attention_override"] = hand
+        torch.testing.assert_close(out, sample(reference, pos, neg, cfg=1.0), rtol=1e-4, atol=1e-4)
+        assert hand.edited == 3 * 4 and (out - base).abs().max() > 1e-2        # every block of 3 steps, block 0 too
+    else:
+        m, board = dit.G.captured_model(model, None)
+        assert torch.equal(sample(m, pos, neg, cfg=1.0), base)
+        assert ("double", 0, 0) in board.records[-1].layers_seen
+    assert other.calls - calls == calls + (calls if edit else 0)              # once per step and run, as without us
+
+
+def test_a_gradient_method_after_modulation_reads_the_modulated_attention(dit):
+    """Apply Guidance (Modulation) then A&E at strength 0 on Flux: A&E's loss at step 0 (the same x_T) moves with the
+    modulation, since its gradient pass sees the attention that is sampled; neutral modulation leaves it as is."""
+    from conftest import guide
+
+    neg = encode(dit.flux_clip, "")
+    _, aae = method_guidance(dit, dit.flux_clip, "A&E", strength=0.0)
+    apply = dit.host.node_class("AttentionAlignApplyGuidance")
+    losses = []
+    for s in (dict(tau=1.0, until=0.3, mask_until=0.0, noun=1.0, attr=1.0, switch=0.5),
+              dict(tau=0.7, until=0.3, mask_until=0.6, noun=3.0, attr=1.6, switch=0.5)):
+        _, pos, modulated = modulation(dit, dit.flux_clip, **s)
+        edited, _ = apply.execute(dit.flux, modulated).args
+        m, log = guide(dit.G, edited, aae)
+        sample(m, pos, neg, cfg=1.0, steps=3)
+        losses.append(log.steps[0].loss_before)
+    m, log = guide(dit.G, dit.flux, aae)
+    sample(m, pos, neg, cfg=1.0, steps=3)
+    assert torch.equal(losses[0], log.steps[0].loss_before)
+    assert (losses[1] - losses[0]).abs().max() > 1e-3, losses
