@@ -207,6 +207,9 @@ def test_edits_on_dits_say_which_level_and_blocks_there_are(dit):
         apply.execute(dit.mmdit, at_32)
     with pytest.raises(ValueError, match="dit_blocks: 'single' is not one of all, double"):
         regulation.execute(ta, "car", "builtin", 0, 25, 20, 100.0, 16, dit_blocks="single")
+    edited, _ = apply.execute(dit.mmdit, regulation.execute(ta, "car", "builtin", 0, 25, 20, 100.0, 16).args[0]).args
+    with pytest.raises(ValueError, match="positive: the positive conditioning is not the prompt text_attention"):
+        sample(edited, encode(dit.sd3_clip, "a green boat"), encode(dit.sd3_clip, ""), cfg=3.0)
 
 
 def test_an_unsupported_dit_is_named(dit):
