@@ -146,6 +146,6 @@ def default_level(guidance, model) -> int:
     level = guidance.level if isinstance(guidance, GradientGuidance) else guidance.cross_level
     if level is not None:
         return level
-    levels = layer_levels(cross_attention_layers(model))
+    levels = layer_levels(attention_layers(model))           # a DiT's joint blocks: 16 only
     return 32 if 32 in levels else max(levels)
 

@@ -25,9 +25,8 @@ def unet_of(model_patcher, input_name: str = "model") -> UNetModel:
     if not isinstance(dm, UNetModel):
         kind = type(dm).__name__ if dm is not None else type(model_patcher).__name__
         raise ValueError(f"{input_name}: this model's diffusion network is {kind}, which has no UNet cross-attention "
-                         "layers. This works with UNet models: SD1.x, SD2.x and SDXL. On Flux and SD3/SD3.5 (DiT) "
-                         "Attention Align offers Capture Cross-Attention, Visualize Attention, T-SAM, "
-                         "Attend-and-Excite, SynGen and Joint Attention Temperature so far.")
+                         "layers. This works with UNet models: SD1.x, SD2.x and SDXL (Flux and SD3/SD3.5 go through "
+                         "their joint-attention blocks instead).")
     if not any(isinstance(m, SpatialTransformer) for m in dm.modules()):
         raise ValueError(f"{input_name}: this UNet has no cross-attention (SpatialTransformer) layers")
     return dm

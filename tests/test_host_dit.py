@@ -711,3 +711,19 @@ def test_a_gradient_method_after_modulation_reads_the_modulated_attention(dit):
     sample(m, pos, neg, cfg=1.0, steps=3)
     assert torch.equal(losses[0], log.steps[0].loss_before)
     assert (losses[1] - losses[0]).abs().max() > 1e-3, losses
+
+
+def test_attention_modulation_through_the_guided_ksampler_returns_the_dits_maps(dit):
+    """Modulation edits every level, so the Guided KSampler picks the maps' level itself: 16, a DiT's only one; the
+    maps are the modulated attention's (unlike a stock run's) and sum to 1 over the tokens."""
+    s = dict(tau=0.7, until=0.3, mask_until=0.6, noun=1.8, attr=1.6, switch=0.5)
+    _, pos, guidance = modulation(dit, dit.flux_clip, **s)
+    _, _, neutral = modulation(dit, dit.flux_clip, **{**s, "tau": 1.0, "mask_until": 0.0, "noun": 1.0, "attr": 1.0})
+    neg = encode(dit.flux_clip, "")
+    latent = {"samples": torch.zeros(1, 16, 12, 10)}
+    ks = dit.host.node_class("AttentionAlignGuidedKSampler")
+    _, maps, log = ks.execute(dit.flux, 4, 3, 1.0, "euler", "simple", pos, neg, latent, 1.0, guidance).args
+    _, plain, _ = ks.execute(dit.flux, 4, 3, 1.0, "euler", "simple", pos, neg, latent, 1.0, neutral).args
+    assert maps.levels() == [16] and log.method == "Attention Modulation"
+    torch.testing.assert_close(maps.mean(16).sum(1), torch.ones(1, 6, 5))
+    assert not torch.allclose(maps.mean(16), plain.mean(16))
