@@ -42,8 +42,7 @@ METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_r
            "syngen_fast", "attention_regulation", "attention_modulation"]
 #: what runs on Flux and SD3/SD3.5, and the DiT architectures (scripts/tiny_dit.py): the tiny ones on a CPU, the
 #: real ones (random weights) on a GPU
-DIT_METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_refine", "attend_excite_fast",
-               "syngen", "syngen_fast", "attention_regulation", "attention_modulation", "joint_temperature"]
+DIT_METHODS = METHODS + ["joint_temperature"]
 DIT_ARCHS = {"flux_tiny": ("flux", "tiny", 1.0), "sd35_tiny": ("sd35", "tiny", 4.5),
              "flux_dev": ("flux", "flux_dev", 1.0), "sd35_medium": ("sd35", "sd35_medium", 4.5)}
 

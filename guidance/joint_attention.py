@@ -60,6 +60,13 @@ def heads_layout(q: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tenso
     return q.reshape(b, n, heads, -1).transpose(1, 2)
 
 
+def mask_rows(mask: torch.Tensor, rows: slice, length: int) -> torch.Tensor:
+    """The call's additive mask as 4-D ``[.., rows, L]``: a mask with one row per query (``length`` of them) is cut
+    to ``rows``; one broadcast over the queries is kept as it is."""
+    m = mask if mask.ndim == 4 else mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    return m[..., rows, :] if m.shape[-2] == length else m
+
+
 def image_text_probs(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, *,
                      mask: torch.Tensor | None = None, text_scale: float = 1.0) -> torch.Tensor:
     """``P`` of the module docstring, in at least float32.
@@ -78,8 +85,7 @@ def image_text_probs(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, *,
     kt = k[..., :t, :].to(dtype)                                       # [b, heads, T, d]
     scores = qi @ kt.transpose(-1, -2) * (text_scale * q.shape[-1] ** -0.5)   # [b, heads, n_img, T]
     if mask is not None:
-        m = mask if mask.ndim == 4 else mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-        scores = scores + m[..., t:t + n, :t].to(dtype)
+        scores = scores + mask_rows(mask, slice(t, t + n), q.shape[-2])[..., :t].to(dtype)
     return scores.softmax(dim=-1)
 
 
@@ -138,20 +144,24 @@ class JointAttentionTap:
             return self.previous(func, *args, **kwargs)
         return func(*args, **kwargs)
 
+    def _rows(self, func, args, kwargs, part: slice, keys, length: int, skip: bool):
+        """The kernel's output for the query rows ``part`` against ``keys`` (in the kernel's layout), with the
+        call's mask cut to those rows when it has one row per query."""
+        q, v, rest = args[0], args[2], args[3:]
+        kw = dict(kwargs)
+        mask = kwargs.get("mask")
+        if mask is not None and mask.ndim >= 2 and mask.shape[-2] == length:
+            kw["mask"] = mask[..., part, :]
+        return self._run(func, q[..., part, :] if skip else q[:, part], keys, v, *rest, **kw)
+
     def _scaled(self, func, args, kwargs, length: int, skip: bool):
         """The joint attention with the image→text logits × ``text_scale``: the text queries against the keys as
         they are, the image queries against keys whose text part is scaled (the same logits as scaling that block
         of the score matrix), each through the host's kernel; outputs joined along the sequence."""
-        q, k, v, rest = args[0], args[1], args[2], args[3:]
-        t = self.layout.text
-        rows = (lambda x, part: x[..., part, :]) if skip else (lambda x, part: x[:, part])
-        mask = kwargs.get("mask")
-        outs = []
-        for part, keys in ((slice(0, t), k), (slice(t, length), scaled_text_keys(k, t, self.text_scale, skip))):
-            kw = dict(kwargs)
-            if mask is not None and mask.ndim >= 2 and mask.shape[-2] == length:
-                kw["mask"] = mask[..., part, :]
-            outs.append(self._run(func, rows(q, part), keys, v, *rest, **kw))
+        k, t = args[1], self.layout.text
+        outs = [self._rows(func, args, kwargs, slice(0, t), k, length, skip),
+                self._rows(func, args, kwargs, slice(t, length), scaled_text_keys(k, t, self.text_scale, skip),
+                           length, skip)]
         return torch.cat(outs, dim=-2 if kwargs.get("skip_output_reshape", False) else 1)
 
     def _edited(self, func, args, kwargs, heads: int, length: int, skip: bool):
@@ -166,7 +176,7 @@ class JointAttentionTap:
 
         The text queries' rows (and any rows after the image grid) go through the kernel untouched; the outputs are
         joined along the sequence in the layout the kernel returns."""
-        q, k, v, rest = args[0], args[1], args[2], args[3:]
+        q, k, v = args[0], args[1], args[2]
         t, n = self.layout.text, self.layout.image
         qh, kh, vh = (heads_layout(x, heads, skip) for x in (q, k, v))           # [b, heads, L, d]
         dtype = torch.promote_types(q.dtype, torch.float32)
@@ -175,8 +185,7 @@ class JointAttentionTap:
         scores = qi @ kh.to(dtype).transpose(-1, -2) * d ** -0.5                  # [b, heads, n_img, L]
         mask = kwargs.get("mask")
         if mask is not None:
-            m = mask if mask.ndim == 4 else mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-            scores = scores + (m[..., t:t + n, :] if m.shape[-2] == length else m).to(dtype)
+            scores = scores + mask_rows(mask, slice(t, t + n), length).to(dtype)
         unedited = scores
         call = self.call
         text_part = scores[..., :t] * self.text_scale if self.text_scale != 1.0 else scores[..., :t]
@@ -205,15 +214,7 @@ class JointAttentionTap:
         keep_heads = kwargs.get("skip_output_reshape", False)
         if not keep_heads:
             out_img = out_img.transpose(1, 2).reshape(out_img.shape[0], n, -1)   # [b, n_img, heads·d]
-        rows = (lambda x, part: x[..., part, :]) if skip else (lambda x, part: x[:, part])
-        outs = []
-        for part in (slice(0, t), slice(t + n, length)):
-            if part.stop - part.start <= 0:
-                outs.append(None)
-                continue
-            kw = dict(kwargs)
-            if mask is not None and mask.ndim >= 2 and mask.shape[-2] == length:
-                kw["mask"] = mask[..., part, :]
-            outs.append(self._run(func, rows(q, part), k, v, *rest, **kw))
-        dim = -2 if keep_heads else 1
-        return torch.cat([x for x in (outs[0], out_img, outs[1]) if x is not None], dim=dim)
+        outs = [self._rows(func, args, kwargs, slice(0, t), k, length, skip), out_img]
+        if t + n < length:                                                  # tokens after the grid (Kontext)
+            outs.append(self._rows(func, args, kwargs, slice(t + n, length), k, length, skip))
+        return torch.cat(outs, dim=-2 if keep_heads else 1)

@@ -44,8 +44,6 @@ class JointTemperatureSettings:
 class JointTemperatureEditor:
     """The editor of one run: for a block call, the factor on its image→text logits (:meth:`text_scale`)."""
 
-    joint = True
-
     def __init__(self, settings: JointTemperatureSettings, layers: frozenset | None):
         self.settings, self.layers = settings, layers
 

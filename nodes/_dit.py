@@ -60,6 +60,14 @@ def is_joint_key(key) -> bool:
     return key[0] in REPLACE_NAME
 
 
+def blocks_chosen(layers: list[CrossAttentionLayer], dit_blocks: str) -> list[CrossAttentionLayer]:
+    """``layers`` as a method's ``dit_blocks`` input picks them: all, or (``double``) a DiT's double-stream blocks
+    only — Flux's 19; all of SD3's. A UNet's layers are not DiT blocks and are returned as they are."""
+    if dit_blocks == "double" and layers and is_joint_key(layers[0].key):
+        return [layer for layer in layers if layer.key[0] == "double"]
+    return layers
+
+
 def joint_layers(dm) -> list[CrossAttentionLayer]:
     """Every joint-attention block in forward order, each at image ÷ (8 × patch size)."""
     level = VAE_FACTOR * int(dm.patch_size)

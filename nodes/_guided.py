@@ -9,7 +9,7 @@ from comfy.patcher_extension import WrappersMP
 from ..guidance.maps import CaptureMaps
 from ..guidance.method import AttentionEditGuidance, GradientGuidance
 from ..guidance.session import RunBoard
-from ._dit import attention_layers, dit_of, joint_layers
+from ._dit import attention_layers, blocks_chosen, dit_of, joint_layers
 from ._fast import calc_cond_batch_wrapper
 from ._gradient_run import sampler_wrapper
 from ._session import attach
@@ -86,9 +86,7 @@ def guided_model(model, guidance, *, verify: bool = False, truncate: bool = True
     if not isinstance(guidance, GradientGuidance):
         raise ValueError(f"guidance: expected a GUIDANCE from one of the pack's method nodes, got {type(guidance)}")
     every_layer = attention_layers(model)                    # a UNet's attn2 layers or a DiT's joint blocks
-    layers = layers_at(every_layer, guidance.level)
-    if guidance.dit_blocks == "double" and dit_of(model) is not None:
-        layers = [layer for layer in layers if layer.key[0] == "double"]   # the pass then stops after the last
+    layers = blocks_chosen(layers_at(every_layer, guidance.level), guidance.dit_blocks)  # the pass stops after them
     if GRADIENT_KEY in model.wrappers.get(WrappersMP.SAMPLER_SAMPLE, {}):
         raise ValueError("model: it already carries Attention Align gradient guidance; apply one gradient method "
                          "per model")
@@ -112,8 +110,7 @@ def edited_model(model, guidance: AttentionEditGuidance) -> tuple[object, RunBoa
     if dm is not None:
         every_layer = joint_layers(dm)
         layers = every_layer if guidance.cross_level is None else layers_at(every_layer, guidance.cross_level)
-        if guidance.dit_blocks == "double":
-            layers = [layer for layer in layers if layer.key[0] == "double"]
+        layers = blocks_chosen(layers, guidance.dit_blocks)
         m = model.clone()
         board, _ = attach(m, guidance, level_map(layers), kind="Apply Guidance",
                           checks=_checks(guidance, every_layer))
