@@ -29,6 +29,8 @@ def test_image_text_probs_apply_the_calls_mask():
     p = image_text_probs(q, k, layout, mask=mask)
     assert torch.all(p[..., 3] == 0)
     torch.testing.assert_close(p[..., :3], (q[..., 4:, :] @ k[..., :3, :].transpose(-1, -2) / 2).softmax(-1))
+    row = mask[:, :, :1]                                                      # one row for every query
+    torch.testing.assert_close(image_text_probs(q, k, layout, mask=row), p)
 
 
 def test_image_text_probs_refuse_a_sequence_too_short():
