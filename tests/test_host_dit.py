@@ -34,22 +34,45 @@ def sample(model, pos, neg, *, cfg, size=(12, 10), sampler="euler", steps=3, see
     return comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler, "simple", pos, neg, latent)[0]["samples"]
 
 
-class KernelInputs:
-    """A test-side ``optimized_attention_override`` that keeps q, k (as ``[b, heads, L, d]``) and the batch's
-    chunk order of every joint-attention call (k spanning ``text + image`` tokens), then runs the host's kernel."""
+class Override:
+    """A test-side ``optimized_attention_override``: one object however often ComfyUI's ``clone()`` deep-copies
+    the model options, with the kernel call's arguments read as the tests need them."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @staticmethod
+    def qkv(args, kwargs):
+        """q, k, v as ``[b, heads, L, d]`` (ComfyUI passes ``[b, L, heads·d]`` without ``skip_reshape``; MMDiT's v
+        as ``[b, L, heads, d]``)."""
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        if kwargs.get("skip_reshape", False):
+            return args[0], args[1], args[2]
+        return tuple(t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in args[:3])
+
+    @staticmethod
+    def phase(kwargs) -> float:
+        """step / steps of the sampler at this call."""
+        to = kwargs["transformer_options"]
+        schedule = to["sample_sigmas"].tolist()
+        step = max(i for i, sg in enumerate(schedule[:-1]) if sg >= float(to["sigmas"][0]))
+        return step / (len(schedule) - 1)
+
+    @staticmethod
+    def output(out, dtype):
+        """``[b, heads, L, d]`` → the kernel's ``[b, L, heads·d]``."""
+        return out.to(dtype).transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
+
+
+class KernelInputs(Override):
+    """Keeps q, k (as ``[b, heads, L, d]``) and the batch's chunk order of every joint-attention call (k spanning
+    ``text + image`` tokens), then runs the host's kernel."""
 
     def __init__(self, text: int, image: int):
         self.length, self.calls = text + image, []
 
-    def __deepcopy__(self, memo):                 # ModelPatcher.clone() deep-copies model_options; keep one spy
-        return self
-
     def __call__(self, func, *args, **kwargs):
-        q, k = args[0], args[1]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        if not kwargs.get("skip_reshape", False):
-            b, n, inner = q.shape
-            q, k = (t.view(b, n, heads, inner // heads).transpose(1, 2) for t in (q, k))
+        q, k, _ = self.qkv(args, kwargs)
         if k.shape[-2] == self.length:
             order = kwargs["transformer_options"]["cond_or_uncond"]
             self.calls.append((q.detach().float().clone(), k.detach().float().clone(), list(order)))
@@ -224,34 +247,21 @@ def test_an_unsupported_dit_is_named(dit):
         dit.capture.execute(pixart, 0, False)
 
 
-class HandTemperature:
-    """A test-side reference for TACA: an ``optimized_attention_override`` that computes every joint attention
-    by hand (float64), the image-query × text-key logits × γ while step / steps < ``until``."""
+class HandTemperature(Override):
+    """A test-side reference for TACA: computes every joint attention by hand (float64), the image-query × text-key
+    logits × γ while step / steps < ``until``."""
 
     def __init__(self, text: int, gamma: float, until: float):
         self.text, self.gamma, self.until, self.edited = text, gamma, until, 0
 
-    def __deepcopy__(self, memo):
-        return self
-
     def __call__(self, func, *args, **kwargs):
-        q, k, v = args[0], args[1], args[2]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        skip = kwargs.get("skip_reshape", False)
-        if not skip:
-            b, n, inner = q.shape
-            q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
-        to = kwargs["transformer_options"]
-        schedule = to["sample_sigmas"].tolist()
-        sigma = float(to["sigmas"][0])
-        step = max(i for i, s in enumerate(schedule[:-1]) if s >= sigma)
-        if k.shape[-2] <= self.text or step / (len(schedule) - 1) >= self.until:
+        q, k, v = self.qkv(args, kwargs)
+        if k.shape[-2] <= self.text or self.phase(kwargs) >= self.until:
             return func(*args, **kwargs)
         self.edited += 1
         s = q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
         s[:, :, self.text:, :self.text] *= self.gamma
-        out = (s.softmax(-1) @ v.double()).to(q.dtype)
-        return out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
+        return self.output(s.softmax(-1) @ v.double(), q.dtype)
 
 
 def temperature(dit, gamma, until):
@@ -468,7 +478,7 @@ def test_double_blocks_only_reads_fluxs_double_stream_and_stops_there(dit):
 
 
 # ---------------------------------------------------------------------------------- Attention Modulation on DiTs
-class HandModulation:
+class HandModulation(Override):
     """A test-side reference for Attention Modulation on joint attention: every joint call computed by hand
     (float64). Phase p = step/steps. All rows: image × image logits / τ while p < temperature_until. Positive rows'
     image × text logits: while p < mask_until each image token keeps only the entity group whose tokens hold the
@@ -480,22 +490,13 @@ class HandModulation:
             attributes, s
         self.edited = 0
 
-    def __deepcopy__(self, memo):
-        return self
-
     def __call__(self, func, *args, **kwargs):
-        q, k, v = args[0], args[1], args[2]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        if not kwargs.get("skip_reshape", False):
-            b, n, inner = q.shape
-            q, k, v = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.qkv(args, kwargs)
         t, n = self.text, self.image
         if k.shape[-2] < t + n:
             return func(*args, **kwargs)
         to = kwargs["transformer_options"]
-        schedule = to["sample_sigmas"].tolist()
-        step = max(i for i, sg in enumerate(schedule[:-1]) if sg >= float(to["sigmas"][0]))
-        p = step / (len(schedule) - 1)
+        p = self.phase(kwargs)
         s = q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
         it = s[:, :, t:t + n, :t].clone()                                   # image queries × text keys
         edit = torch.zeros_like(it)
@@ -516,8 +517,7 @@ class HandModulation:
         if p < self.s["until"]:
             s[:, :, t:t + n, t:t + n] /= self.s["tau"]
         self.edited += 1
-        out = (s.softmax(-1) @ v.double()).to(q.dtype)
-        return out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3])
+        return self.output(s.softmax(-1) @ v.double(), q.dtype)
 
 
 def modulation(dit, clip, **s):
