@@ -167,9 +167,7 @@ def main() -> None:
     import torch
 
     cuda = torch.cuda.is_available() and not a.cpu
-    comfy = headless.find_comfyui()
-    if comfy is None:
-        sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    comfy = headless.require_comfyui()
     host = headless.ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_bench_")), cpu=not cuda)
     import nodes as comfy_nodes
 

@@ -41,9 +41,7 @@ def host_importable() -> None:
     """ComfyUI on ``sys.path``, on the CPU (only its classes are used, on meta tensors)."""
     import headless
 
-    comfy_path = headless.find_comfyui()
-    if comfy_path is None:
-        raise SystemExit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    comfy_path = headless.require_comfyui()
     if str(comfy_path) not in sys.path:
         sys.path.insert(0, str(comfy_path))
     from comfy.cli_args import args

@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    host = headless.ComfyHost(headless.find_comfyui(), Path(tempfile.mkdtemp(prefix="aa_profile_")))
+    host = headless.ComfyHost(headless.require_comfyui(), Path(tempfile.mkdtemp(prefix="aa_profile_")))
     import nodes as comfy_nodes
 
     model, clip, prompt, level, words = bench_methods.load_model(host, a.arch)

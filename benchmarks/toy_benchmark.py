@@ -115,9 +115,7 @@ class Toy:
     def __init__(self, args):
         import headless
 
-        comfy = headless.find_comfyui()
-        if comfy is None:
-            sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+        comfy = headless.require_comfyui()
         self.host = headless.ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_toybench_")), cpu=not args.gpu)
         self.node = self.host.node_class
         self.model, self.clip, self.vae = self.node("AttentionAlignLoadToyModel").execute(args.ckpt).args

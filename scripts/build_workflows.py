@@ -7,11 +7,10 @@ changing a node's inputs:  .venv/bin/python scripts/build_workflows.py
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-from headless import REPO_ROOT, ComfyHost, api_to_ui, find_comfyui
+from headless import REPO_ROOT, ComfyHost, api_to_ui, require_comfyui
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
@@ -402,9 +401,7 @@ def ui_workflow(name: str, host: ComfyHost) -> dict:
 
 
 def main() -> None:
-    comfy = find_comfyui()
-    if comfy is None:
-        sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    comfy = require_comfyui()
     host = ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_build_")))
     for name in WORKFLOWS:
         path = REPO_ROOT / "example_workflows" / name

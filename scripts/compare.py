@@ -863,8 +863,7 @@ def main(argv=None) -> int:
 
             comfy = headless.find_comfyui()
             if comfy is None:
-                raise CompareError("--servers: none given and no ComfyUI checkout found to run in-process "
-                                   "(set COMFYUI_PATH or put one at ~/ComfyUI)")
+                raise CompareError(f"--servers: none given, and to run in-process: {headless.NO_COMFYUI}")
             backends = [InProcess(headless.ComfyHost.instance(comfy, Path(tempfile.mkdtemp(prefix="aa_compare_"))))]
         info = backends[0].object_info() if not a.servers else None
         schemas0 = Schemas(info) if info is not None else None

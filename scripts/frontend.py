@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from headless import PACK_NAME, REPO_ROOT, find_comfyui
+from headless import NO_COMFYUI, PACK_NAME, REPO_ROOT, find_comfyui
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 #: what a first-time user would otherwise see first (the template browser) is skipped
@@ -46,7 +46,7 @@ def browser_unavailable() -> str | None:
     except ImportError:
         return "needs Playwright for Python (pip install playwright; the system's Chromium is used)"
     if find_comfyui() is None:
-        return "needs a ComfyUI checkout: set COMFYUI_PATH or put one at ~/ComfyUI"
+        return NO_COMFYUI
     return None
 
 

@@ -1,7 +1,8 @@
 """Run ComfyUI headless, in-process, with this pack installed: the harness behind the tests and the demo runner.
 
 * :func:`find_comfyui` finds a checkout: ``$COMFYUI_PATH``, else the ComfyUI this repository sits in
-  (``ComfyUI/custom_nodes/<pack>``), else ``~/ComfyUI``.
+  (``ComfyUI/custom_nodes/<pack>``), else the one ``scripts/setup_env.sh`` builds in ``.host/ComfyUI`` when it finds
+  none, else ``~/ComfyUI``; :func:`require_comfyui` is the same, or exits with :data:`NO_COMFYUI`.
 * :class:`ComfyHost` boots it (on the CPU unless told otherwise) with a private base directory (``--base-directory``): only this pack is in
   its ``custom_nodes`` (as a symlink, as a user's clone would be), models come from ``<base>/models``. One host per
   process: ComfyUI keeps global state.
@@ -21,10 +22,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "attention-align"   # the install folder; the frontend's node badge shows it
+#: where scripts/setup_env.sh builds ComfyUI when no checkout is found (git-ignored, never committed)
+BUILT_HOST = REPO_ROOT / ".host" / "ComfyUI"
+NO_COMFYUI = ("no ComfyUI found: run scripts/setup_env.sh (it builds ComfyUI 0.3.64 in .host/ComfyUI), or set "
+              "COMFYUI_PATH to a ComfyUI checkout")
 
 
 def find_comfyui(repo_root: Path = REPO_ROOT) -> Path | None:
-    """The ComfyUI checkout to use, or None. Order: $COMFYUI_PATH, the custom_nodes layout, ~/ComfyUI."""
+    """The ComfyUI checkout to use, or None. Order: $COMFYUI_PATH, the custom_nodes layout, the host that
+    scripts/setup_env.sh built in ``<repo>/.host/ComfyUI``, ~/ComfyUI. A $COMFYUI_PATH that is not a checkout is an
+    error, never passed over."""
     def is_checkout(p: Path) -> bool:
         return (p / "main.py").is_file() and (p / "comfy").is_dir() and (p / "nodes.py").is_file()
 
@@ -36,8 +43,19 @@ def find_comfyui(repo_root: Path = REPO_ROOT) -> Path | None:
         return p
     if repo_root.parent.name == "custom_nodes" and is_checkout(repo_root.parent.parent):
         return repo_root.parent.parent
+    built = repo_root / BUILT_HOST.relative_to(REPO_ROOT)
+    if is_checkout(built):
+        return built
     home = Path("~/ComfyUI").expanduser()
     return home if is_checkout(home) else None
+
+
+def require_comfyui() -> Path:
+    """:func:`find_comfyui`, or exit with :data:`NO_COMFYUI` (what the scripts, the benchmarks and toy.train need)."""
+    path = find_comfyui()
+    if path is None:
+        raise SystemExit(NO_COMFYUI)
+    return path
 
 
 class ExecutionFailed(RuntimeError):

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from headless import REPO_ROOT, ComfyHost, find_comfyui, ui_to_api
+from headless import REPO_ROOT, ComfyHost, require_comfyui, ui_to_api
 from run_workflow import TINY, tiny_prompt
 
 THUMB = 512
@@ -138,9 +138,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"--only: {', '.join(unknown)} not among the workflows: {', '.join(sorted(build_workflows.WORKFLOWS))}")
 
-    comfy = find_comfyui()
-    if comfy is None:
-        sys.exit("needs a ComfyUI checkout (COMFYUI_PATH or ~/ComfyUI)")
+    comfy = require_comfyui()
     host = ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_pictures_")))
     if a.ckpt:
         ckpt = Path(a.ckpt).name

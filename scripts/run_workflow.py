@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from headless import ComfyHost, find_comfyui, ui_to_api, widget_slots
+from headless import ComfyHost, require_comfyui, ui_to_api, widget_slots
 
 TINY = "tiny_sd15.safetensors"
 
@@ -128,9 +128,7 @@ def main() -> None:
                                                     "takes) into this folder")
     a = ap.parse_args()
 
-    comfy = find_comfyui()
-    if comfy is None:
-        sys.exit("no ComfyUI checkout found: set COMFYUI_PATH or clone ComfyUI to ~/ComfyUI")
+    comfy = require_comfyui()
     out = Path(a.out).resolve()
     host = ComfyHost(comfy, out / "base")
     if a.tiny and not host.checkpoint_path(TINY).exists():

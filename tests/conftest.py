@@ -3,14 +3,19 @@
 * The repository root is the pack; tests of ``guidance`` import it as the package ``attention_align`` (without
   ComfyUI) through an alias registered here.
 * Tests that need the host use the ``host`` fixture: ComfyUI booted in-process with this pack symlinked into a
-  private ``custom_nodes`` (see ``scripts/headless.py``). Without a ComfyUI checkout they are skipped with a
-  one-line reason. ``tiny_ckpt`` builds the random-weight SD1.5-family checkpoint once per session.
+  private ``custom_nodes`` (see ``scripts/headless.py``). ``tiny_ckpt`` builds the random-weight SD1.5-family
+  checkpoint once per session.
+* A test that needs something this machine may lack (ComfyUI, Chromium, Playwright, spaCy, ruff, …) calls
+  :func:`missing` with a one-line reason: locally it is skipped with that reason; under CI (:func:`strict`) it fails
+  with it, so a green CI run has run every test. ``tests/test_setup.py`` checks that no test skips another way.
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -36,12 +41,45 @@ TINY_CKPT = "tiny_sd15.safetensors"
 PROMPT = "a red car and a blue bench"
 
 
-@pytest.fixture(scope="session")
-def comfy_path():
+def pyproject() -> dict:
+    """pyproject.toml, parsed (tomllib is Python 3.11+; on 3.10 tomli, which scripts/setup_env.sh installs there)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def strict() -> bool:
+    """True under CI: ``ATTENTION_ALIGN_STRICT=1`` (``.ci/run`` sets it), or ``CI=true`` where that is unset."""
+    value = os.environ.get("ATTENTION_ALIGN_STRICT")
+    if value is None:
+        return os.environ.get("CI", "").strip().lower() == "true"
+    if value not in ("0", "1"):
+        raise ValueError(f"ATTENTION_ALIGN_STRICT={value!r}: allowed are 1 (a missing dependency fails the test) "
+                         "and 0 (it skips the test)")
+    return value == "1"
+
+
+def missing(reason: str) -> NoReturn:
+    """What a test does when something it needs is not here: skip with ``reason``, or fail with it under CI."""
+    if strict():
+        pytest.fail(f"{reason} [CI runs every test: a missing dependency is a failure here, not a skip]",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def comfyui() -> Path:
+    """The ComfyUI checkout the host tests use (:func:`headless.find_comfyui`), else :func:`missing`."""
     path = headless.find_comfyui()
     if path is None:
-        pytest.skip("needs a ComfyUI checkout: set COMFYUI_PATH or put one at ~/ComfyUI")
+        missing(headless.NO_COMFYUI)
     return path
+
+
+@pytest.fixture(scope="session")
+def comfy_path():
+    return comfyui()
 
 
 @pytest.fixture(scope="session")

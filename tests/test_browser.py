@@ -4,14 +4,14 @@ ComfyUI runs as a server on the tiny model (``scripts/frontend.py``); each workf
 dropping its file would, checked on the canvas (no missing-node dialog, no overlapping nodes, titles that fit, a zoom
 at which node text is drawn, one spelling of the pack's name), queued with the frontend's own queue call and run to
 the end. Screenshots go to ``tests/artifacts/`` (git-ignored; CI keeps them). Skipped, with the reason, without
-Chromium, Playwright or ComfyUI.
+Chromium, Playwright or ComfyUI (under CI: failed with it).
 """
 import json
 import re
 
 import frontend  # noqa: E402  (scripts/frontend.py)
 import pytest
-from conftest import ROOT
+from conftest import ROOT, missing
 
 pytestmark = [pytest.mark.browser, pytest.mark.heavy]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
@@ -23,7 +23,7 @@ SIZE, STEPS = 96, 4         # 96 px: Attention Regulation needs 3×3 maps at ima
 def page(host, tiny_ckpt, tmp_path_factory):
     reason = frontend.browser_unavailable()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     server = frontend.ComfyServer(tmp_path_factory.mktemp("browser_base"),
                                   checkpoints={tiny_ckpt: host.checkpoint_path(tiny_ckpt)}, tiny_dit=True).start()
     try:

@@ -7,9 +7,13 @@ import importlib.util
 from types import SimpleNamespace
 
 import pytest
+from conftest import missing
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("spacy") is None,
-                                reason="needs spaCy and an English pipeline (.ci/run installs them)")
+
+@pytest.fixture(autouse=True)
+def _needs_spacy():
+    if importlib.util.find_spec("spacy") is None:
+        missing("needs spaCy and an English pipeline (scripts/setup_env.sh installs them)")
 
 
 @pytest.fixture()

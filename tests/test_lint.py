@@ -3,8 +3,7 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-from conftest import ROOT
+from conftest import ROOT, missing
 
 
 def test_ruff_finds_nothing():
@@ -13,7 +12,7 @@ def test_ruff_finds_nothing():
         try:
             import ruff  # noqa: F401
         except ImportError:
-            pytest.skip("needs ruff (pip install ruff; scripts/setup_env.sh installs it)")
+            missing("needs ruff (pip install ruff; scripts/setup_env.sh installs it)")
         cmd = [sys.executable, "-m", "ruff"]
     else:
         cmd = [ruff]

@@ -6,10 +6,9 @@ import re
 
 import pack_assets  # noqa: E402  (scripts/pack_assets.py)
 import pytest
-import tomllib
-from conftest import ROOT
+from conftest import ROOT, pyproject
 
-CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CONFIG = pyproject()
 PROJECT, COMFY = CONFIG["project"], CONFIG["tool"]["comfy"]
 #: comfy-cli's registry/config_parser.py: the OS prefixes and accelerator classifiers it accepts
 OS_PREFIXES = ("Microsoft", "POSIX", "MacOS", "OS Independent")

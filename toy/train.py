@@ -48,9 +48,7 @@ def boot_comfy(device: str) -> None:
         sys.path.insert(0, str(ROOT / "scripts"))
         import headless
 
-        path = headless.find_comfyui()
-        if path is None:
-            raise SystemExit("toy.train needs ComfyUI: set COMFYUI_PATH or put a checkout at ~/ComfyUI")
+        path = headless.require_comfyui()
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
     from comfy.cli_args import args
