@@ -21,8 +21,8 @@ same command on the same machine and thread count gives bit-identical weights. `
 threads (default 2). ``--device cuda`` trains on a GPU (deterministic mode there warns instead of failing for ops
 without a deterministic kernel).
 
-ComfyUI must be importable: ``$COMFYUI_PATH``, the ComfyUI this pack is installed in, or ``~/ComfyUI`` (as
-scripts/headless.py finds it).
+ComfyUI must be importable: ``$COMFYUI_PATH``, the ComfyUI this pack is installed in, the ``.host/ComfyUI`` that
+scripts/setup_env.sh builds, or ``~/ComfyUI`` (as scripts/headless.py finds it).
 """
 from __future__ import annotations
 
