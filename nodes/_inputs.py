@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..guidance.viz import combine_sizes
 from ._select import PARSERS
 from .types import TextAttentionType
 
@@ -43,6 +44,17 @@ def recorded_level(name: str, help_text: str) -> io.Input:
                         tooltip=f"{help_text} As an image divisor like the methods' level: 8 = maps at the latent's "
                                 "resolution, 16, 32 (= 16×16 maps at 512 px for SD1.x, the papers' level), 64; "
                                 "0 = all levels.")
+
+
+def maps_at(maps, level: int):
+    """What a ``recorded_level`` input picks from an ``ATTENTION_MAPS`` record: ``[B, T, h, w]`` at one image
+    divisor, or (0) every recorded level averaged at the finest size."""
+    if level == ALL_LEVELS:
+        return combine_sizes([maps.mean(v) for v in maps.levels()])
+    if level not in maps.levels():
+        raise ValueError(f"level: {level} was not recorded; use 0 (every recorded level) or one of "
+                         f"{', '.join(str(k) for k in maps.levels())}")
+    return maps.mean(level)
 
 
 def level() -> io.Input:

@@ -12,8 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..guidance.metrics import modifier_noun_overlap, noun_separation, ts_distance, weakest_subject_attention
 from ..guidance.session import resolve_record
-from ..guidance.viz import combine_sizes
-from ._inputs import ALL_LEVELS, recorded_level
+from ._inputs import maps_at, recorded_level
 from ._select import PARSERS, NothingFound, groups_for, subjects_for
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
@@ -98,13 +97,7 @@ class AttentionReport(io.ComfyNode):
         report: dict = {"prompt": text_attention.prompt}
         if attention_maps is not None:
             rec = resolve_record(attention_maps, latent=samples, input_name="attention_maps")
-            if level == ALL_LEVELS:
-                maps = combine_sizes([rec.mean(v) for v in rec.levels()])
-            elif level in rec.levels():
-                maps = rec.mean(level)
-            else:
-                raise ValueError(f"level: {level} was not recorded; use 0 or one of "
-                                 f"{', '.join(map(str, rec.levels()))}")
+            maps = maps_at(rec, level)
             report["level"] = level
             report.update(attention_metrics(maps.double(), text_attention, subjects, groups, parser))
             report["sampler_node"] = rec.stamp.node_id if rec.stamp else None

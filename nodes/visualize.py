@@ -10,23 +10,13 @@ from ..guidance.session import resolve_record
 from ..guidance.similarity import tsam_similarity
 from ..guidance.text_attention import TextAttention
 from ..guidance.tokens import resolve_words
-from ..guidance.viz import combine_sizes, grid, heat_tiles, word_maps
-from ._inputs import ALL_LEVELS, recorded_level
+from ..guidance.viz import grid, heat_tiles, word_maps
+from ._inputs import maps_at, recorded_level
 from ._render import heat_tile_with_legend, line_plot_tile, matrix_tile
 from ._unet import VAE_FACTOR
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
 DEFAULT_TILE = 512
-
-
-def _maps_at(maps: AttentionMaps, level: int) -> torch.Tensor:
-    """``[B, T, h, w]`` at one image divisor, or (0) all recorded levels averaged at the finest size."""
-    if level == ALL_LEVELS:
-        return combine_sizes([maps.mean(v) for v in maps.levels()])
-    if level not in maps.levels():
-        raise ValueError(f"level: {level} was not recorded; use 0 (every recorded level) or one of "
-                         f"{', '.join(str(k) for k in maps.levels())}")
-    return maps.mean(level)
 
 
 def _pieces(ta: TextAttention) -> list[str]:
@@ -93,7 +83,7 @@ class VisualizeAttention(io.ComfyNode):
             if ta is None:
                 raise ValueError("text_attention: needed with attention_maps to know which token is which word; "
                                  "connect the Text Self-Attention node that encoded the positive prompt")
-            maps = _maps_at(rec, level)                                      # [B, T, h, w]
+            maps = maps_at(rec, level)                                      # [B, T, h, w]
             if maps.shape[1] < ta.prompt_slice.stop:
                 raise ValueError(f"text_attention: its prompt ({ta.encoder}) sits at context positions "
                                  f"{ta.prompt_slice.start}–{ta.prompt_slice.stop - 1}, but the recorded maps have "
