@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention_patch import LayerCall, positive_index
-from .maps import step_of
+from .maps import sampler_step
 from .schedule import scale_step
 
 
@@ -138,11 +138,8 @@ class AttentionRegulation:
         self.losses: dict[int, list[tuple[float, float]]] = {}   # step → (loss before, best loss) per layer call
 
     def _step(self, call: LayerCall) -> tuple[int, int]:
-        if call.sigma is None or call.sample_sigmas is None:
-            raise RuntimeError("Attention Regulation needs the sampler's σ schedule in transformer_options")
-        step, _ = step_of(call.sigma, call.sample_sigmas)
-        total = len(call.sample_sigmas) - 1
-        return (total if step is None else step), scale_step(self.settings.edit_paper_steps, total)
+        step, total = sampler_step(call, "Attention Regulation")
+        return step, scale_step(self.settings.edit_paper_steps, total)
 
     def wants(self, call: LayerCall) -> bool:
         """Sampler passes with a positive prompt, in its layers, during the first steps."""

@@ -76,6 +76,17 @@ def step_of(sigma: float, schedule: torch.Tensor | None) -> tuple[int | None, bo
     return None, False
 
 
+def sampler_step(call, method: str) -> tuple[int, int]:
+    """``(step, N)`` of the sampler running a layer call (``call.sigma`` in ``call.sample_sigmas``): the step σ lies
+    in — a solver's intermediate σ belongs to the step it lies in; a σ past the schedule gives N — and the number of
+    steps. ``method`` names who needs it, in the error raised when the call carries no schedule."""
+    if call.sigma is None or call.sample_sigmas is None:
+        raise RuntimeError(f"{method} needs the sampler's σ schedule in transformer_options")
+    step, _ = step_of(call.sigma, call.sample_sigmas)
+    total = len(call.sample_sigmas) - 1
+    return (total if step is None else step), total
+
+
 def _levels_text(sizes: Mapping[int, tuple[int, int]]) -> str:
     return ", ".join(f"÷{v} ({sizes[v][0]}×{sizes[v][1]})" for v in sorted(sizes))
 

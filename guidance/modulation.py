@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention_patch import LayerCall, positive_index
-from .maps import step_of
+from .maps import sampler_step
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,8 @@ class ModulationSettings:
 
 def phase(call: LayerCall) -> float:
     """p = step / N of the running sampler (a solver's intermediate σ belongs to the step it lies in)."""
-    if call.sigma is None or call.sample_sigmas is None:
-        raise RuntimeError("Attention Modulation needs the sampler's σ schedule in transformer_options")
-    step, _ = step_of(call.sigma, call.sample_sigmas)
-    total = len(call.sample_sigmas) - 1
-    return 1.0 if step is None else step / total
+    step, total = sampler_step(call, "Attention Modulation")
+    return step / total
 
 
 def mask_to_owner(scores: torch.Tensor, probs: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
