@@ -2,28 +2,27 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .smoothing import smooth_maps
 
 
-def cosine_matrix(maps: torch.Tensor, smooth: bool = True) -> torch.Tensor:
-    """C_ij = cos(vec(G∗A_i), vec(G∗A_j)) for token maps ``maps`` ``[..., L, h, w]``; returns ``[..., L, L]``.
+def cosine_with_unit_diagonal(maps: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
+    """C: ``C_ij = cos(vec(G∗A_i), vec(G∗A_j))`` for j < i, 1 on the diagonal, 0 above (the official ``torch.eye``
+    start and ``F.cosine_similarity``); with ``causal=False`` for every j ≠ i. G is the official 3×3 Gaussian (T-SAM's
+    ``do_smoothing``). maps ``[B, L, h, w]`` → ``[B, L, L]``."""
+    v = smooth_maps(maps).flatten(-2)                                    # [B, L, h·w]
+    cos = F.cosine_similarity(v[:, :, None, :], v[:, None, :, :], dim=-1)  # [B, L, L]
+    eye = torch.eye(maps.shape[1], dtype=cos.dtype, device=cos.device)
+    return cos.tril(-1) + eye if causal else cos * (1 - eye) + eye
 
-    G is the official 3×3 Gaussian (``smooth=True``, as T-SAM's ``do_smoothing``).
+
+def tsam_similarity(maps: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
+    """S = C / rowsum(C) (:func:`cosine_with_unit_diagonal`): the lower triangle, each row summing to 1; the whole
+    of C with ``causal=False`` (beside a bidirectional T, T5's). The S T-SAM's loss compares with T̂ row by row, and
+    the one Visualize Attention draws.
+
+    maps: ``[B, L, h, w]`` for the prompt tokens 1..L. Returns ``[B, L, L]``.
     """
-    a = smooth_maps(maps) if smooth else maps
-    v = a.flatten(-2)                                                  # [..., L, h·w]
-    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return v @ v.transpose(-1, -2)
-
-
-def tsam_similarity(maps: torch.Tensor, smooth: bool = True, *, causal: bool = True) -> torch.Tensor:
-    """S: the lower triangle of C (diagonal included, upper = 0), each row divided by its sum; the whole of C with
-    ``causal=False`` (beside a bidirectional T, T5's).
-
-    maps: ``[..., L, h, w]`` for the prompt tokens 1..L. Returns ``[..., L, L]``, rows summing to 1, comparable
-    with the text-side target T̂ (T-SAM's loss compares the two row by row).
-    """
-    c = cosine_matrix(maps, smooth)
-    c = c.tril() if causal else c
-    return c / c.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    c = cosine_with_unit_diagonal(maps, causal=causal)
+    return c / c.sum(dim=-1, keepdim=True)

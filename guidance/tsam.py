@@ -21,18 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from .method import GradientGuidance
-from .smoothing import smooth_maps
+from .similarity import cosine_with_unit_diagonal, tsam_similarity
 
 VARIANTS = ("paper", "cosine")
-
-
-def cosine_with_unit_diagonal(maps: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
-    """C: ``C_ij = cos(vec(G∗A_i), vec(G∗A_j))`` for j < i, 1 on the diagonal, 0 above (the official ``torch.eye``
-    start); with ``causal=False`` for every j ≠ i. maps ``[B, L, h, w]`` → ``[B, L, L]``."""
-    v = smooth_maps(maps).flatten(-2)                                    # [B, L, h·w]
-    cos = F.cosine_similarity(v[:, :, None, :], v[:, None, :, :], dim=-1)  # [B, L, L]
-    eye = torch.eye(maps.shape[1], dtype=cos.dtype, device=cos.device)
-    return cos.tril(-1) + eye if causal else cos * (1 - eye) + eye
 
 
 def tsam_loss_paper(maps: torch.Tensor, target: torch.Tensor, *, row_weight: float = 1.0,
@@ -43,8 +34,7 @@ def tsam_loss_paper(maps: torch.Tensor, target: torch.Tensor, *, row_weight: flo
     returns the loss per sample ``[B]``. ``causal=False`` (a bidirectional T): Σ over every row i and every j, each
     row weighing ``row_weight`` (its L entries over L).
     """
-    c = cosine_with_unit_diagonal(maps, causal=causal)
-    s = c / c.sum(dim=-1, keepdim=True)
+    s = tsam_similarity(maps, causal=causal)
     n = maps.shape[1]
     rows = torch.arange(n, device=maps.device, dtype=s.dtype)
     if causal:

@@ -1,8 +1,8 @@
-"""C (cosine between smoothed token maps) and T-SAM's row-normalised lower-triangular S."""
+"""C (cosine between smoothed token maps, unit diagonal) and T-SAM's row-normalised S, against naive pairs."""
 import math
 
 import torch
-from attention_align.guidance.similarity import cosine_matrix, tsam_similarity
+from attention_align.guidance.similarity import cosine_with_unit_diagonal, tsam_similarity
 from attention_align.guidance.smoothing import smooth_maps
 
 
@@ -12,15 +12,16 @@ def naive_cos(a, b):
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
-def test_cosine_matrix_matches_naive_pairs():
+def test_c_matches_naive_pairs_of_smoothed_maps():
     torch.manual_seed(0)
-    maps = torch.rand(4, 5, 6, dtype=torch.float64)
-    for smooth in (False, True):
-        src = smooth_maps(maps) if smooth else maps
-        got = cosine_matrix(maps, smooth=smooth)
+    maps = torch.rand(1, 4, 5, 6, dtype=torch.float64)
+    src = smooth_maps(maps)[0]
+    for causal in (True, False):
+        got = cosine_with_unit_diagonal(maps, causal=causal)[0]
         for i in range(4):
             for j in range(4):
-                assert abs(got[i, j].item() - naive_cos(src[i], src[j])) < 1e-12
+                expected = 1.0 if i == j else 0.0 if (causal and j > i) else naive_cos(src[i], src[j])
+                assert abs(got[i, j].item() - expected) < 1e-12
 
 
 def test_s_is_lower_triangular_row_normalised_cosine():

@@ -74,7 +74,7 @@ def test_gradients_pass_gradcheck(variant):
 
 def test_a_perfect_match_has_zero_paper_loss():
     maps = torch.rand(1, 4, 6, 6, dtype=torch.float64)
-    from attention_align.guidance.tsam import cosine_with_unit_diagonal
+    from attention_align.guidance.similarity import cosine_with_unit_diagonal
 
     c = cosine_with_unit_diagonal(maps)[0]
     s = c / c.sum(-1, keepdim=True)
