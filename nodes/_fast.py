@@ -19,13 +19,11 @@ ordinary batched evaluation, which is then stock, bit for bit.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ..guidance.attention_patch import PASS_KEY
 from ..guidance.engine import PassMaps
-from ._gradient_pass import DetachedControl, mutates_saved_tensors
+from ._gradient_pass import DetachedControl, loss_and_gradient, mutates_saved_tensors
 
 
 class FastCapture:
@@ -61,19 +59,10 @@ class FastCapture:
         positive = [{**c, "control": DetachedControl(c["control"])} if c.get("control") is not None else c
                     for c in conds[0]]
         store = PassMaps(self.read_layers, stop_graph=True)
-        mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if mutates_saved_tensors(model, positive) \
-            else contextlib.nullcontext()
-        with torch.inference_mode(False), torch.enable_grad(), mutation_ok:
-            sigma = timestep.detach().clone()
-            x = x_in.detach().clone()
-            c_in = model.model_sampling.calculate_input(sigma, torch.ones_like(x))
-            z = (x * c_in).requires_grad_(True)
-            (out_positive,) = executor(model, [positive], z / c_in, sigma, self._options(model_options, store))
-            torch.set_grad_enabled(True)                       # the store turned it off after the last layer it reads
-            loss = self.objective.loss(store.maps().float())                     # [B]
-            (g,) = torch.autograd.grad(loss.sum(), z)
-            out_positive = out_positive.detach().clone()
-        self.loss, self.delta = loss.detach(), (g / c_in).detach().to(x_in.dtype)
+        options = self._options(model_options, store)
+        self.loss, self.delta, out_positive = loss_and_gradient(
+            lambda x_k, sigma: executor(model, [positive], x_k, sigma, options)[0], self.objective, store,
+            model.model_sampling, x_in, timestep, mutates=mutates_saved_tensors(model, positive))
         rest = executor(model, [None, *conds[1:]], x_in, timestep, model_options) if len(conds) > 1 else []
         return [out_positive.to(x_in.dtype), *rest[1:]]
 

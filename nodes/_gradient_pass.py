@@ -72,6 +72,33 @@ def mutates_saved_tensors(base_model, conds) -> bool:
     return has_control or isinstance(base_model.diffusion_model, Flux)
 
 
+def loss_and_gradient(forward, objective, store: PassMaps, model_sampling, x: torch.Tensor, sigma: torch.Tensor, *,
+                      with_grad: bool = True, mutates: bool = False):
+    """One pass of the model on the latent with the loss read from its maps: the core of the gradient pass and of
+    fast mode's evaluation.
+
+    Outside inference mode, ``z = c_in·x`` (the latent the UNet sees) is the leaf; ``forward(z / c_in, σ)`` runs the
+    model (``store`` collects the maps the objective reads); the loss is ``objective.loss(maps)`` ``[B]`` and, with
+    ``with_grad``, the update direction is ``∇_z L / c_in`` in the sampler's x-space (``[B, C, h, w]``, x's dtype).
+    ``mutates``: the model changes saved tensors in place (Flux), so autograd copies them when that happens.
+    Returns ``(loss, ∇_z L / c_in or None, forward's output detached)``."""
+    mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if mutates and with_grad \
+        else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.set_grad_enabled(with_grad), mutation_ok:
+        sigma = sigma.detach().clone()
+        x_leaf = x.detach().clone()
+        c_in = model_sampling.calculate_input(sigma, torch.ones_like(x_leaf))
+        z = (x_leaf * c_in).requires_grad_(with_grad)
+        out = forward(z / c_in, sigma)
+        out = out.detach().clone() if isinstance(out, torch.Tensor) else out
+        torch.set_grad_enabled(with_grad)                  # a store may turn grad off after the last layer it reads
+        loss = objective.loss(store.maps().float())                             # [B]
+        if not with_grad:
+            return loss.detach(), None, out
+        (g,) = torch.autograd.grad(loss.sum(), z)
+    return loss.detach(), (g / c_in).detach().to(x.dtype), out
+
+
 class GradientPass:
     """``grad_fn`` for :func:`~..guidance.engine.guided_step`: one positive-only UNet pass with graph."""
 
@@ -103,26 +130,20 @@ class GradientPass:
     def _loss(self, x: torch.Tensor, with_grad: bool):
         x_in, mask = _unet_view(self.model_k, x, self.sigma, self.extra_args.get("denoise_mask"), self.model_options)
         store = PassMaps(self.read_layers, truncate=self.truncate)
-        mutation_ok = torch.autograd.graph.allow_mutation_on_saved_tensors() if self.mutates and with_grad \
-            else contextlib.nullcontext()
-        with torch.inference_mode(False), torch.set_grad_enabled(with_grad), mutation_ok:
-            sigma = self.sigma.detach().clone()
-            x_in = x_in.detach().clone()
-            c_in = self.base_model.model_sampling.calculate_input(sigma, torch.ones_like(x_in))
-            z = (x_in * c_in).requires_grad_(with_grad)
+
+        def forward(x_k, sigma):
             try:
-                comfy.samplers.calc_cond_batch(self.base_model, [self.conds], z / c_in, sigma, self._options(store))
+                comfy.samplers.calc_cond_batch(self.base_model, [self.conds], x_k, sigma, self._options(store))
             except StopForward:
                 pass                                       # the maps are complete; the rest of the UNet is skipped
-            maps = store.maps().float()
-            loss = self.guidance.objective.loss(maps)                         # [B]
-            if not with_grad:
-                return loss.detach(), None, None
-            (g,) = torch.autograd.grad(loss.sum(), z)
-        delta = g / c_in
+
+        loss, delta, _ = loss_and_gradient(forward, self.guidance.objective, store, self.base_model.model_sampling,
+                                           x_in, self.sigma, with_grad=with_grad, mutates=self.mutates)
+        if delta is None:
+            return loss, None, None
         if mask is not None:
             delta = delta * mask
-        return loss.detach(), delta.detach().to(x.dtype), mask
+        return loss, delta.to(x.dtype), mask
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss, delta, _ = self._loss(x, with_grad=True)

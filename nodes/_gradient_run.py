@@ -51,20 +51,15 @@ class GuidedRun:
 
     def step(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor, extra_args: dict) -> torch.Tensor:
         """The guided step i on x (k-diffusion space); returns the new latent."""
-        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma   # σ per sample, [B]
-        if not self.weights_ready:                 # once per run: the weights do not change during sampling
-            deinference_(model_k.inner_model.inner_model.diffusion_model)
-            self.weights_ready = True
+        sigma = self._begin(model_k, x, i, sigma)
         gp = GradientPass(model_k, sigma, extra_args, self.guidance, read_layers=self.run.read_layers,
                           truncate=self.truncate)
-        self._step = i
         x_new, rec = guided_step(x, i, float(sigma.reshape(-1)[0]), self.plan, gp,
                                  verify_fn=gp.loss_only if self.verify else None,
                                  check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                                  progress=self._progress, frozen=self.halted,
                                  max_update_ratio=self.guidance.max_update_ratio)
-        self.log.steps.append(rec)
-        self._report_runaways(rec)
+        self._record(rec)
         if rec.iterations is not None:
             self.progress.refined(i, int(rec.iterations.max()))
         return x_new
@@ -72,14 +67,11 @@ class GuidedRun:
     def fast_step(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor, extra_args: dict):
         """Fast mode's guided step i: the sampler's own evaluation at x gives the loss, the gradient and the denoised
         estimate; returns (the updated latent, that estimate). See ``_fast.py``."""
-        sigma_b = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
-        if not self.weights_ready:
-            deinference_(model_k.inner_model.inner_model.diffusion_model)
-            self.weights_ready = True
+        sigma_b = self._begin(model_k, x, i, sigma)
         measure_only = self.plan.alphas[i] == 0 or (self.halted is not None and bool(self.halted.all()))
         capture = FastCapture(self.guidance.objective, self.run.read_layers, with_grad=not measure_only)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        self.pending, self._step = capture, i
+        self.pending = capture
         try:
             denoised = model_k(x, sigma, **extra_args)
         finally:
@@ -94,9 +86,23 @@ class GuidedRun:
             delta = delta * mask
         x_new, rec = guided_step(x, i, float(sigma_b[0]), self.plan, lambda _x: (capture.loss, delta),
                                  frozen=self.halted, max_update_ratio=self.guidance.max_update_ratio)
+        self._record(rec)
+        return x_new, denoised
+
+    def _begin(self, model_k, x: torch.Tensor, i: int, sigma: torch.Tensor) -> torch.Tensor:
+        """What both kinds of guided step do first: note the step, and once per run give the UNet normal tensors as
+        weights (autograd cannot save inference tensors; the weights do not change during sampling). Returns σ
+        per sample ``[B]``."""
+        if not self.weights_ready:
+            deinference_(model_k.inner_model.inner_model.diffusion_model)
+            self.weights_ready = True
+        self._step = i
+        return sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
+
+    def _record(self, rec) -> None:
+        """Log a guided step's record; a sample whose update ran away is frozen from now on, with a note."""
         self.log.steps.append(rec)
         self._report_runaways(rec)
-        return x_new, denoised
 
     def _report_runaways(self, rec) -> None:
         new = rec.halted if self.halted is None else rec.halted & ~self.halted
