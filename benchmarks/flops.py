@@ -37,6 +37,15 @@ def pack():
     return attention_patch, engine
 
 
+def unet_layer_keys(unet, level: int) -> list[tuple[str, int, int]]:
+    """attn2 replace keys at one level (image pixels per map pixel), in forward order: the pack's own layer walk
+    (nodes/_unet.py), which needs ComfyUI importable."""
+    pack()
+    from attention_align.nodes._unet import layers_at, unet_layers
+
+    return [layer.key for layer in layers_at(unet_layers(unet), level)]
+
+
 def host_importable() -> None:
     """ComfyUI on ``sys.path``, on the CPU (only its classes are used, on meta tensors)."""
     import headless
@@ -70,7 +79,7 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
     else:
         cfg = tiny_checkpoint.unet_config(arch)
     unet = UNetModel(**cfg, dtype=torch.float32, device="meta", operations=comfy.ops.disable_weight_init)
-    layers = _layers_at(unet, level)
+    layers = unet_layer_keys(unet, level)
     h = w = size // 8
     x = torch.empty(1, 4, h, w, device="meta")
     t = torch.zeros(1, device="meta")
@@ -187,31 +196,6 @@ def dit_flops(arch: str, size: int, blocks: str = "all") -> dict:
     return {"arch": arch, "size": size, "level": 16, "layers": len(layers), "last_layer": layers[-1],
             "full": full.get_total_flops(), "truncated": fwd.get_total_flops(),
             "backward": backward.get_total_flops()}
-
-
-def _layers_at(unet, level: int) -> list[tuple[str, int, int]]:
-    """attn2 replace keys at one level (image pixels per map pixel, VAE ÷8), in forward order (as nodes/_unet.py
-    finds them)."""
-    from comfy.ldm.modules.attention import SpatialTransformer
-    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
-
-    found, ds = [], 1
-
-    def walk(name, blocks, ds):
-        for number, block in enumerate(blocks):
-            for module in block:
-                if isinstance(module, SpatialTransformer) and 8 * ds == level:
-                    found.extend((name, number, d) for d in range(len(module.transformer_blocks)))
-                elif isinstance(module, Downsample):
-                    ds *= 2
-                elif isinstance(module, Upsample):
-                    ds //= 2
-        return ds
-
-    ds = walk("input", unet.input_blocks, ds)
-    walk("middle", [unet.middle_block], ds)
-    walk("output", unet.output_blocks, ds)
-    return found
 
 
 def pass_cost(counts: dict) -> float:

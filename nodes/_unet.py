@@ -33,8 +33,17 @@ def unet_of(model_patcher, input_name: str = "model") -> UNetModel:
 
 
 def cross_attention_layers(model_patcher, input_name: str = "model") -> list[CrossAttentionLayer]:
-    """Every attn2 layer of the UNet in forward order, with its downsampling factor read off the architecture."""
-    dm = unet_of(model_patcher, input_name)
+    """Every attn2 layer of the model's UNet in forward order, with its downsampling factor read off the
+    architecture."""
+    layers = unet_layers(unet_of(model_patcher, input_name))
+    if not layers:
+        raise ValueError(f"{input_name}: no cross-attention layers found in this UNet")
+    return layers
+
+
+def unet_layers(dm: UNetModel) -> list[CrossAttentionLayer]:
+    """Every attn2 layer of a ``UNetModel`` in forward order (input blocks, middle, output blocks), its level counted
+    from the Downsample / Upsample modules passed on the way."""
     layers: list[CrossAttentionLayer] = []
 
     def walk(name: str, blocks, ds: int) -> int:
@@ -53,8 +62,6 @@ def cross_attention_layers(model_patcher, input_name: str = "model") -> list[Cro
     if dm.middle_block is not None:
         walk("middle", [dm.middle_block], ds)
     walk("output", dm.output_blocks, ds)
-    if not layers:
-        raise ValueError(f"{input_name}: no cross-attention layers found in this UNet")
     return layers
 
 
