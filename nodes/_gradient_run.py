@@ -102,9 +102,6 @@ class GuidedRun:
     def _record(self, rec) -> None:
         """Log a guided step's record; a sample whose update ran away is frozen from now on, with a note."""
         self.log.steps.append(rec)
-        self._report_runaways(rec)
-
-    def _report_runaways(self, rec) -> None:
         new = rec.halted if self.halted is None else rec.halted & ~self.halted
         self.halted = rec.halted if self.halted is None else self.halted | rec.halted
         for b in new.nonzero().flatten().tolist():
