@@ -22,8 +22,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "attention-align"   # the install folder; the frontend's node badge shows it
-#: where scripts/setup_env.sh builds ComfyUI when no checkout is found (git-ignored, never committed)
-BUILT_HOST = REPO_ROOT / ".host" / "ComfyUI"
+#: where scripts/setup_env.sh builds ComfyUI when no checkout is found, inside the repository (git-ignored)
+BUILT_HOST = Path(".host", "ComfyUI")
 NO_COMFYUI = ("no ComfyUI found: run scripts/setup_env.sh (it builds ComfyUI 0.3.64 in .host/ComfyUI), or set "
               "COMFYUI_PATH to a ComfyUI checkout")
 
@@ -43,9 +43,8 @@ def find_comfyui(repo_root: Path = REPO_ROOT) -> Path | None:
         return p
     if repo_root.parent.name == "custom_nodes" and is_checkout(repo_root.parent.parent):
         return repo_root.parent.parent
-    built = repo_root / BUILT_HOST.relative_to(REPO_ROOT)
-    if is_checkout(built):
-        return built
+    if is_checkout(repo_root / BUILT_HOST):
+        return repo_root / BUILT_HOST
     home = Path("~/ComfyUI").expanduser()
     return home if is_checkout(home) else None
 
