@@ -9,6 +9,6 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    from .nodes import AttentionAlignExtension
+    from .nodes.extension import AttentionAlignExtension
 
     return AttentionAlignExtension()

@@ -31,18 +31,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from headless import pack  # noqa: E402
 
 PROMPT = "a red car and a blue bench"
 WORDS = {"subjects": "car, bench", "groups": "red car; blue bench"}
 TOY_CKPT = "attention-align/toy_shapes.safetensors"            # the shipped file, as Load Toy Model lists it
 TOY_PROMPT = "a red circle and a blue square"
 TOY_WORDS = {"subjects": "circle, square", "groups": "red circle; blue square"}
-METHODS = ["tsam", "tsam_refine", "tsam_fast", "attend_excite", "attend_excite_refine", "attend_excite_fast", "syngen",
-           "syngen_fast", "attention_regulation", "attention_modulation"]
-#: what runs on Flux and SD3/SD3.5, and the DiT architectures (scripts/tiny_dit.py): the tiny ones on a CPU, the
-#: real ones (random weights) on a GPU
-DIT_METHODS = METHODS + ["joint_temperature"]
+REGISTRY = pack("nodes.registry")
+
+
+def _variants(m) -> list[str]:
+    """A method, its refining variant (where it refines; the plain one does not) and its fast-mode variant."""
+    return [m.key] + ([f"{m.key}_refine"] if m.refine_off else []) + ([f"{m.key}_fast"] if m.fast else [])
+
+
+#: what runs on UNets; on Flux and SD3/SD3.5, and the DiT architectures (scripts/tiny_dit.py): the tiny ones on a
+#: CPU, the real ones (random weights) on a GPU
+METHODS = [v for m in REGISTRY.METHODS if m.unet for v in _variants(m)]
+DIT_METHODS = [v for m in REGISTRY.METHODS if m.dit for v in _variants(m)]
 DIT_ARCHS = {"flux_tiny": ("flux", "tiny", 1.0), "sd35_tiny": ("sd35", "tiny", 4.5),
              "flux_dev": ("flux", "flux_dev", 1.0), "sd35_medium": ("sd35", "sd35_medium", 4.5)}
 
@@ -88,30 +96,24 @@ class PeakMemory:
 
 
 def method_guidance(host, name: str, ta, level: int = 32, words: dict | None = None, dit_blocks: str = "all"):
-    """The GUIDANCE of a method at its official settings (refinement only in the *_refine variants; *_fast: fast
-    mode, which has none)."""
-    cls = host.node_class
-    fast = name.endswith("_fast")
-    words = words or WORDS
-    if name.startswith("tsam"):
-        return cls("AttentionAlignTSAM").execute(ta, "paper", 1.0, 5.0, 30, "official" if "refine" in name else "off",
-                                                 0.14, level, fast=fast, dit_blocks=dit_blocks).args[0]
-    if name.startswith("attend_excite"):
-        return cls("AttentionAlignAttendExcite").execute(ta, words["subjects"], "builtin", "official", 1.0, 20.0, 25,
-                                                         20 if "refine" in name else 0, level, fast=fast,
-                                                         dit_blocks=dit_blocks).args[0]
-    if name.startswith("syngen"):
-        return cls("AttentionAlignSynGen").execute(ta, words["groups"], "builtin", 1.0, 20.0, 25, level,
-                                                   fast=fast, dit_blocks=dit_blocks).args[0]
-    if name == "attention_regulation":
-        return cls("AttentionAlignAttentionRegulation").execute(ta, words["subjects"], "builtin", 0, 25, 20, 100.0,
-                                                                level, dit_blocks=dit_blocks).args[0]
-    if name == "joint_temperature":
-        return cls("AttentionAlignJointTemperature").execute(1.2, 0.1).args[0]
-    if name == "attention_modulation":
-        return cls("AttentionAlignAttentionModulation").execute(ta, "", "builtin", 0.8, 0.3, 0.4, 1.5, 1.5,
-                                                                0.5).args[0]
-    raise ValueError(f"unknown method {name}; choose from {', '.join(METHODS)}")
+    """The GUIDANCE of a method at its official configuration — its node's defaults — with its typed words, the
+    benchmark's level (for methods that read one) and ``dit_blocks``; refinement only in the *_refine variants, fast
+    mode in the *_fast ones."""
+    key = name.removesuffix("_refine").removesuffix("_fast")
+    m = next((m for m in REGISTRY.METHODS if m.key == key), None)
+    if m is None or name not in METHODS + DIT_METHODS:
+        raise ValueError(f"unknown method {name}; choose from {', '.join(DIT_METHODS)}")
+    inputs = host.widget_defaults(m.node.node_id)
+    for input_name, value in (("level", level), ("dit_blocks", dit_blocks), ("fast", name.endswith("_fast"))):
+        if input_name in inputs:
+            inputs[input_name] = value
+    if m.refine_off is not None and not name.endswith("_refine"):
+        inputs[m.refine_off[0]] = m.refine_off[1]
+    if m.word_input:
+        inputs[m.word_input] = (words or WORDS)[m.word_field]
+    if m.text_attention:
+        inputs["text_attention"] = ta
+    return host.node_class(m.node.node_id).execute(**inputs).args[0]
 
 
 def load_model(host, arch: str):
@@ -179,7 +181,7 @@ def main() -> None:
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     counts = flops.dit_flops(a.arch, a.size, a.dit_blocks) if dit else flops.unet_flops(a.arch, a.size, level)
     cost = flops.pass_cost(counts)
-    guided = host.pack_module("nodes._guided")
+    guided = host.pack_module("nodes.host.guided")
 
     channels, scheduler = (16, "simple") if dit else (4, "normal")
 

@@ -23,25 +23,17 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def pack():
-    """The pack's guidance package (pure torch), imported without ComfyUI's loader."""
-    import importlib.util
+    """The pack's modules these counts use (its routers, run context and update loop), without ComfyUI's loader."""
+    import headless
 
-    if "attention_align" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("attention_align", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["attention_align"] = module
-        spec.loader.exec_module(module)
-    import attention_align.guidance.attention_patch as attention_patch
-    import attention_align.guidance.engine as engine
-    return attention_patch, engine
+    return headless.pack("nodes.host.routers"), headless.pack("nodes.host.context"), headless.pack("guidance.engine")
 
 
 def unet_layer_keys(unet, level: int) -> list[tuple[str, int, int]]:
     """attn2 replace keys at one level (image pixels per map pixel), in forward order: the pack's own layer walk
-    (nodes/_unet.py), which needs ComfyUI importable."""
+    (nodes/host/backend.py), which needs ComfyUI importable."""
     pack()
-    from attention_align.nodes._unet import layers_at, unet_layers
+    from attention_align.nodes.host.backend import layers_at, unet_layers
 
     return [layer.key for layer in layers_at(unet_layers(unet), level)]
 
@@ -70,9 +62,8 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    attention_patch, engine = pack()
+    routers, context, engine = pack()
     if arch == "toy":                                   # the pack's toy model (toy/model.py)
-        sys.path.insert(0, str(ROOT))
         from toy.model import TOY_CONFIG
 
         cfg = dict(TOY_CONFIG["unet"])
@@ -90,11 +81,11 @@ def unet_flops(arch: str, size: int, level: int = 32) -> dict:
         return comfy_attention.attention_basic(*a, **kw)
 
     def options(store=None):
-        replace = attention_patch.CrossAttentionReplace(comfy_attention.attention_basic)
+        replace = routers.CrossAttentionReplace(comfy_attention.attention_basic)
         to = {"optimized_attention_override": basic,
               "patches_replace": {"attn2": {key: replace for key in layers}}}
         if store is not None:
-            to[attention_patch.PASS_KEY] = {"grad_pass": True, "observers": [store]}
+            to[context.PASS_KEY] = {"grad_pass": True, "observers": [store]}
         return to
 
     with torch.no_grad(), FlopCounterMode(display=False) as full:
@@ -137,10 +128,9 @@ def dit_flops(arch: str, size: int, blocks: str = "all") -> dict:
     from comfy.ldm.flux.model import Flux
     from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
-    _, engine = pack()
-    from attention_align.guidance.attention_patch import PASS_KEY
+    routers, context, engine = pack()
     from attention_align.guidance.joint_attention import JointLayout
-    from attention_align.nodes import _dit
+    from attention_align.nodes.host import backend
 
     ops, kind = comfy.ops.disable_weight_init, arch.split("_")[0]
     key = arch.replace("flux_", "").replace("sd35_", "")
@@ -153,7 +143,7 @@ def dit_flops(arch: str, size: int, blocks: str = "all") -> dict:
         dm = OpenAISignatureMMDITWrapper(**cfg, dtype=torch.float32, device="meta", operations=ops)
         width, pooled = cfg["context_embedder_config"]["params"]["in_features"], cfg["adm_in_channels"]
     dm.requires_grad_(False)                           # frozen, as the gradient pass meets them
-    layers = [layer.key for layer in _dit.joint_layers(dm) if blocks == "all" or layer.key[0] == "double"]
+    layers = [layer.key for layer in backend.joint_layers(dm) if blocks == "all" or layer.key[0] == "double"]
     h = w = size // 8
     text = DIT_TEXT[arch]
     x = torch.empty(1, 16, h, w, device="meta")
@@ -167,9 +157,9 @@ def dit_flops(arch: str, size: int, blocks: str = "all") -> dict:
     def options(store=None):
         to = {"optimized_attention_override": basic}
         if store is not None:
-            to["patches_replace"] = {"dit": {_dit._replace_key(k): _dit.JointBlockRouter((k[0], k[1])) for k in layers}}
-            to[_dit.GEOMETRY_KEY] = (JointLayout(text, (-(-h // 2), -(-w // 2))), (h, w))
-            to[PASS_KEY] = {"grad_pass": True, "observers": [store]}
+            to["patches_replace"] = {"dit": {(backend.REPLACE_NAME[k[0]], k[1]): routers.JointBlockRouter((k[0], k[1])) for k in layers}}
+            to[routers.GEOMETRY_KEY] = (JointLayout(text, (-(-h // 2), -(-w // 2))), (h, w))
+            to[context.PASS_KEY] = {"grad_pass": True, "observers": [store]}
         return to
 
     def forward(z, to):

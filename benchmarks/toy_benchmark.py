@@ -42,8 +42,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
+
+from headless import pack  # noqa: E402
+
+REGISTRY = pack("nodes.registry")
 
 TOY_FILE = "attention-align/toy_shapes.safetensors"
 LEVEL = 16                                   # the toy model's 8×8 maps (its coarser cross-attention level)
@@ -51,62 +53,57 @@ LEVEL = 16                                   # the toy model's 8×8 maps (its co
 
 @dataclass(frozen=True)
 class Config:
-    """One column of the comparison: a method node and its inputs (words are added per prompt)."""
+    """One column of the comparison: a method (its registry entry) at its official configuration — its node's
+    defaults — with ``inputs`` set apart from them and a strength ``factor`` (:func:`swept`); words are added per
+    prompt."""
 
     name: str
-    node: str | None                         # None: unguided (the stock KSampler)
+    method: object | None                    # nodes.registry.Method; None: unguided (the stock KSampler)
     inputs: dict = field(default_factory=dict)
-    words: str = ""                          # which prompt structure the method's word input takes
+    factor: float = 1.0
     official: bool = True
 
-
-def official_configs(level: int = LEVEL) -> list[Config]:
-    return [
-        Config("unguided", None),
-        Config("tsam", "AttentionAlignTSAM", dict(loss="paper", strength=1.0, scale_factor=5.0, guided_steps=30,
-                                                  refine="official", threshold_per_token=0.14, level=level)),
-        Config("tsam_cosine", "AttentionAlignTSAM", dict(loss="cosine", strength=1.0, scale_factor=5.0,
-                                                         guided_steps=30, refine="official",
-                                                         threshold_per_token=0.14, level=level)),
-        Config("attend_excite", "AttentionAlignAttendExcite",
-               dict(parser="builtin", softmax="official", strength=1.0, scale_factor=20.0, guided_steps=25,
-                    max_refinement_steps=20, level=level), words="subjects"),
-        Config("syngen", "AttentionAlignSynGen", dict(parser="builtin", strength=1.0, scale_factor=20.0,
-                                                      guided_steps=25, level=level), words="groups"),
-        Config("attention_regulation", "AttentionAlignAttentionRegulation",
-               dict(parser="builtin", seed=0, edit_steps=25, iterations=20, learning_rate=100.0, level=level),
-               words="targets"),
-        Config("attention_modulation", "AttentionAlignAttentionModulation",
-               dict(parser="builtin", temperature=0.8, temperature_until=0.3, mask_until=0.4, noun_weight=1.5,
-                    attribute_weight=1.5, switch=0.5), words="entities"),
-    ]
+    @property
+    def node(self) -> str | None:
+        return None if self.method is None else self.method.node.node_id
 
 
-def fast_configs(level: int = LEVEL) -> list[Config]:
-    """The gradient methods in fast mode (loss and gradient from the sampler's own evaluation; no refinement)."""
-    return [Config(f"{c.name}_fast", c.node, {**c.inputs, "fast": True}, c.words, official=False)
-            for c in official_configs(level) if c.node in ("AttentionAlignTSAM", "AttentionAlignAttendExcite",
-                                                        "AttentionAlignSynGen")]
-
-
-def sweep_configs(factors: list[float], level: int = LEVEL) -> list[Config]:
-    """Each method at other strengths: ×factor on the gradient methods' strength, on Attention Regulation's
-    learning rate, and on Attention Modulation's (weight − 1)."""
-    out = []
-    for c in official_configs(level)[1:]:
-        for f in factors:
-            if f == 1.0:
-                continue
-            inputs = dict(c.inputs)
-            if "strength" in inputs:
-                inputs["strength"] = inputs["strength"] * f
-            elif "learning_rate" in inputs:
-                inputs["learning_rate"] = inputs["learning_rate"] * f
-            else:
-                inputs["noun_weight"] = 1 + (inputs["noun_weight"] - 1) * f
-                inputs["attribute_weight"] = 1 + (inputs["attribute_weight"] - 1) * f
-            out.append(Config(f"{c.name}@x{f:g}", c.node, inputs, c.words, official=False))
+def swept(inputs: dict, sweep: str, factor: float) -> dict:
+    """A method's inputs at another strength: ×factor on the gradient methods' strength and on Attention
+    Regulation's learning rate, and on Attention Modulation's (weight − 1)."""
+    out = dict(inputs)
+    if factor == 1.0:
+        return out
+    if sweep == "weights":
+        for name in ("noun_weight", "attribute_weight"):
+            out[name] = 1 + (out[name] - 1) * factor
+    else:
+        out[sweep] = out[sweep] * factor
     return out
+
+
+def official_configs() -> list[Config]:
+    """Every method that runs on the toy model (a UNet) at its official configuration (T-SAM with both losses); the
+    benchmark's ``--level`` replaces the level of those that read one level."""
+    out = [Config("unguided", None)]
+    for m in REGISTRY.METHODS:
+        if m.unet:
+            out.append(Config(m.key, m))
+            if m.key == "tsam":
+                out.append(Config("tsam_cosine", m, {"loss": "cosine"}))
+    return out
+
+
+def fast_configs() -> list[Config]:
+    """The gradient methods in fast mode (loss and gradient from the sampler's own evaluation; no refinement)."""
+    return [Config(f"{c.name}_fast", c.method, {**c.inputs, "fast": True}, official=False)
+            for c in official_configs() if c.method is not None and c.method.fast]
+
+
+def sweep_configs(factors: list[float]) -> list[Config]:
+    """Each method at other strengths (:func:`swept`)."""
+    return [Config(f"{c.name}@x{f:g}", c.method, c.inputs, factor=f, official=False)
+            for c in official_configs()[1:] for f in factors if f != 1.0]
 
 
 class Toy:
@@ -139,11 +136,15 @@ class Toy:
             (out,) = comfy_nodes.common_ksampler(self.model, seed, a.steps, a.cfg, a.sampler, a.scheduler, positive,
                                                  self.negative, latent)
         else:
-            inputs = dict(config.inputs)
-            if config.words:
+            m = config.method
+            inputs = self.host.widget_defaults(m.node.node_id)
+            if "level" in inputs:
+                inputs["level"] = a.level
+            inputs = swept({**inputs, **config.inputs}, m.sweep, config.factor)
+            if m.word_input:
                 from toy.scenes import typed_words
 
-                inputs[config.words] = typed_words(prompt)[config.words]
+                inputs[m.word_input] = typed_words(prompt)[m.word_input]
             guidance = self.node(config.node).execute(text_attention=ta, **inputs).args[0]
             out, maps, record = self.node("AttentionAlignGuidedKSampler").execute(
                 self.model, seed, a.steps, a.cfg, a.sampler, a.scheduler, positive, self.negative, latent, 1.0,
@@ -362,8 +363,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = scenes.evaluation_prompts(n_two=args.n_two, n_three=args.n_three, seed=args.prompt_seed)
-    configs = official_configs(args.level) + (fast_configs(args.level) if args.fast else []) + \
-        (sweep_configs([float(f) for f in args.sweep.split(",")], args.level) if args.sweep else [])
+    configs = official_configs() + (fast_configs() if args.fast else []) + \
+        (sweep_configs([float(f) for f in args.sweep.split(",")]) if args.sweep else [])
     if args.methods:
         wanted = args.methods.split(",")
         unknown = sorted(set(wanted) - {c.name for c in configs})

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention_patch import LayerCall, positive_index
+from .attention import AttentionEdit, LayerCall, positive_index
 from .maps import sampler_step
 from .schedule import scale_step
 
@@ -109,6 +109,7 @@ class RegulationSettings:
 
     name = "Attention Regulation"
     min_map_side = 3                    # the Gaussian bank needs a centre at 2σ < side (σ = 1 below 16×16)
+    dit_only = False
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -119,13 +120,14 @@ class RegulationSettings:
         return AttentionRegulation(self, layers=layers)
 
 
-class AttentionRegulation:
+class AttentionRegulation(AttentionEdit):
     """The editor of one sampling run: regulates the target tokens' logits in ``layers`` (replace keys; None: any
     layer it is called for) during the first steps. Its state — the previous step's best bias per layer, the random
     stream of initial weights, the losses — belongs to that run only."""
 
     name = RegulationSettings.name
     min_map_side = RegulationSettings.min_map_side
+    edits_scores = True                 # a logit bias optimised on the call's own scores, then bos/eos put back
 
     def __init__(self, settings: RegulationSettings, *, layers: Collection | None = None):
         self.settings = settings
@@ -171,6 +173,9 @@ class AttentionRegulation:
         out[rows] = edited_pos.reshape(-1, heads, n, t)
         self.edits += 1
         return out
+
+    def step_losses(self) -> dict[int, list[tuple[float, float]]]:
+        return self.losses
 
     def edit_probs(self, probs: torch.Tensor, scores: torch.Tensor, call: LayerCall) -> torch.Tensor:
         """Put the unedited bos and eos probabilities back (official: after the softmax, all rows). On a DiT's joint

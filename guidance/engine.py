@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from einops import rearrange
 
-from .attention_patch import LayerCall, positive_rows
+from .attention import LayerCall, positive_rows
 from .schedule import Plan
 
 GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .attention_patch import LayerCall
+from .attention import AttentionEdit, LayerCall
 from .modulation import phase
 
 
@@ -29,7 +29,9 @@ class JointTemperatureSettings:
     gamma: float = 1.2
     until: float = 0.1
     name: str = "Joint Attention Temperature"
-    joint: bool = True                  # an edit of DiT joint attention (not of UNet cross-attention)
+
+    min_map_side = 1
+    dit_only = True                     # an edit of DiT joint attention (a UNet's text enters through cross-attention)
 
     def __post_init__(self) -> None:
         if not self.gamma > 0:
@@ -41,11 +43,13 @@ class JointTemperatureSettings:
         return JointTemperatureEditor(self, None if layers is None else frozenset(layers))
 
 
-class JointTemperatureEditor:
-    """The editor of one run: for a block call, the factor on its image→text logits (:meth:`text_scale`)."""
+class JointTemperatureEditor(AttentionEdit):
+    """The edit of one run: for a block call, the factor on its image→text logits (:meth:`text_scale`); the block
+    stays on the host's kernel (its text keys scaled)."""
 
     def __init__(self, settings: JointTemperatureSettings, layers: frozenset | None):
         self.settings, self.layers = settings, layers
+        self.name = settings.name
 
     def wants(self, call: LayerCall) -> bool:
         return self.layers is None or call.key in self.layers

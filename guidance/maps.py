@@ -18,8 +18,8 @@ from types import MappingProxyType
 
 import torch
 
-from .attention_patch import LayerCall, PerTensor, positive_rows
-from .session import LayerKey, RunInfo, RunStamp
+from .attention import LayerCall, LayerKey, PerTensor, positive_rows
+from .records import RunInfo, RunStamp
 
 
 @dataclass
@@ -220,6 +220,7 @@ class CaptureMaps:
 
     keep_steps: bool = False
     name: str = "Capture Cross-Attention"
+    edits_attention = False
 
     def begin(self, info: RunInfo, layers: Mapping[LayerKey, int]) -> _CaptureRun:
         return _CaptureRun(AttentionRecorder(layers, keep_steps=self.keep_steps))

@@ -1,27 +1,19 @@
-"""What a guidance node hands the sampler (the ``GUIDANCE`` type), and each kind's per-run part.
-
-Both kinds are methods in the session's sense (``session.py``): ``begin(info, layers)`` gives the state of one
-sampling run, whose ``end(stamp)`` is the immutable :class:`~.engine.GuidanceRecord` of that run.
+"""What a guidance node hands the sampler (the ``GUIDANCE`` type): a gradient guidance (an objective with its
+schedule, run by the host's guided sampling) or an attention edit, whose ``begin(info, layers)`` gives the state of
+one sampling run (:class:`EditRun`), whose ``end(stamp)`` is the immutable :class:`~.engine.GuidanceRecord` of it.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from .attention import EditMethod, LayerKey
 from .engine import MAX_UPDATE_RATIO, GuidanceLog, GuidanceRecord, StepRecord
+from .records import RunInfo, RunStamp
 from .schedule import Plan, make_plan
-from .session import LayerKey, RunInfo, RunStamp
-
-
-class Editor(Protocol):
-    """An attention edit's configuration; :meth:`for_run` makes the editor of one run, bound to its layers."""
-
-    name: str
-
-    def for_run(self, layers=None): ...
 
 
 class Objective(Protocol):
@@ -29,26 +21,11 @@ class Objective(Protocol):
 
     name: str
     level: int                          # image pixels per map pixel of the maps it reads
+    min_map_side: int                   # the smallest map side the loss works on (checked before sampling)
+    context: torch.Tensor | None        # the encoded prompt its token positions belong to (None: not checked)
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
         """maps ``[B, T, h, w]`` (head- and layer-averaged probabilities) → loss per sample ``[B]``."""
-
-
-@dataclass
-class GradientRun:
-    """One sampling run of a gradient guidance: its log, the layers the loss reads, and ``driver`` — the host's
-    per-run step machinery, set by the sampler wrapper when the sampler starts."""
-
-    guidance: GradientGuidance
-    info: RunInfo
-    read_layers: frozenset
-    log: GuidanceLog = field(default_factory=GuidanceLog)
-    driver: object | None = None
-    observers: tuple = ()
-    editors: tuple = ()
-
-    def end(self, stamp: RunStamp) -> GuidanceRecord:
-        return self.log.finish(stamp)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,8 +60,15 @@ class GradientGuidance:
         """The level the objective reads (image pixels per map pixel); the Guided KSampler's maps come from it."""
         return self.objective.level
 
-    def begin(self, info: RunInfo, layers: Mapping[LayerKey, int]) -> GradientRun:
-        return GradientRun(self, info, frozenset(layers), GuidanceLog(self.name, info.sampler, "", info.total_steps))
+    @property
+    def map_user(self) -> Objective:
+        """What reads the maps at ``level`` (its ``name`` and ``min_map_side``, checked before sampling)."""
+        return self.objective
+
+    @property
+    def context(self) -> torch.Tensor | None:
+        """The encoded prompt the objective's token positions belong to (None: not checked)."""
+        return self.objective.context
 
 
 @dataclass
@@ -100,7 +84,7 @@ class EditRun:
         log = GuidanceLog(self.guidance.name, self.info.sampler, "attention edit", self.info.total_steps)
         sigmas = self.info.sigmas
         for editor in self.editors:                              # Attention Regulation's own loss per step
-            for step, pairs in sorted(getattr(editor, "losses", {}).items()):
+            for step, pairs in sorted(editor.step_losses().items()):
                 before, after = (sum(v) / len(v) for v in zip(*pairs))
                 log.steps.append(StepRecord(step, float(sigmas[min(step, len(sigmas) - 1)]), 0.0,
                                             [torch.tensor([before]), torch.tensor([after])]))
@@ -111,23 +95,28 @@ class EditRun:
 class AttentionEditGuidance:
     """A method that changes the attention itself (Attention Regulation, Attention Modulation), no latent steps.
 
-    ``cross_editor`` edits the cross-attention of the layers at ``cross_level`` (image pixels per map pixel; None:
-    every cross-attention layer); ``self_settings`` (Modulation) sets the self-attention temperature.
+    ``edit`` changes the attention of the layers at ``level`` (image pixels per map pixel; None: every attention
+    layer); ``self_settings`` (Modulation) sets the self-attention temperature.
     ``context`` is the encoded prompt the token positions belong to, checked against the positive prompt.
     """
 
     name: str
-    cross_editor: Editor | None
-    cross_level: int | None = 32
+    edit: EditMethod | None
+    level: int | None = 32
     self_settings: object | None = None
     context: torch.Tensor | None = None
     dit_blocks: str = "all"             # on a DiT: the edit changes "all" joint blocks, or Flux's "double" ones only
 
     @property
+    def map_user(self) -> EditMethod | None:
+        """What reads the maps at ``level`` (its ``name`` and ``min_map_side``, checked before sampling)."""
+        return self.edit
+
+    @property
     def edits_attention(self) -> bool:
         """Whether it changes cross-attention (another pack's opaque replace on its layers is then refused)."""
-        return self.cross_editor is not None
+        return self.edit is not None
 
     def begin(self, info: RunInfo, layers: Mapping[LayerKey, int]) -> EditRun:
-        editors = () if self.cross_editor is None else (self.cross_editor.for_run(frozenset(layers)),)
+        editors = () if self.edit is None else (self.edit.for_run(frozenset(layers)),)
         return EditRun(self, info, editors)

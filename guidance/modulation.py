@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention_patch import LayerCall, positive_index
+from .attention import AttentionEdit, LayerCall, positive_index
 from .maps import sampler_step
 
 
@@ -125,19 +125,36 @@ def reweight(scores: torch.Tensor, columns: list[int], weight: float) -> torch.T
     return out
 
 
-class CrossAttentionModulation:
-    """attn2 editor: masking and reweighting on the positive prompt's rows."""
+@dataclass(frozen=True, eq=False)
+class ModulationEdit:
+    """What the Attention Modulation node hands on: the settings and the token positions of the entity groups
+    (modifiers first, noun last), nouns and attributes; :meth:`for_run` makes the edit of one sampling run."""
+
+    settings: ModulationSettings
+    groups: list[list[int]]
+    nouns: list[int]
+    attributes: list[int]
 
     name = "Attention Modulation"
+    min_map_side = 1
+    dit_only = False
+
+    def for_run(self, layers: Collection | None = None) -> CrossAttentionModulation:
+        """The edit for one run's layers (it keeps no state, so this only binds the settings to them)."""
+        return CrossAttentionModulation(self.settings, self.groups, self.nouns, self.attributes, layers=layers)
+
+
+class CrossAttentionModulation(AttentionEdit):
+    """The edit of one run: masking and reweighting on the positive prompt's rows, as an additive logit bias
+    (:meth:`bias`); on a DiT block also the self-attention temperature (:meth:`image_scale`)."""
+
+    name = "Attention Modulation"
+    adds_bias = True
 
     def __init__(self, settings: ModulationSettings, groups: list[list[int]], nouns: list[int], attributes: list[int],
                  *, layers: Collection | None = None):
         self.settings, self.groups, self.nouns, self.attributes = settings, groups, nouns, attributes
         self.layers = None if layers is None else frozenset(layers)
-
-    def for_run(self, layers: Collection | None = None) -> CrossAttentionModulation:
-        """The editor for one run's layers (it keeps no state, so this is only a copy bound to them)."""
-        return CrossAttentionModulation(self.settings, self.groups, self.nouns, self.attributes, layers=layers)
 
     def _active(self, p: float) -> tuple[bool, float, float]:
         mask = self.settings.masking_at(p) and len(self.groups) >= 2
@@ -152,7 +169,7 @@ class CrossAttentionModulation:
         mask, w_noun, w_attr = self._active(phase(call))
         return mask or w_noun != 1.0 or w_attr != 1.0
 
-    def wants_joint(self, call: LayerCall) -> bool:
+    def wants_block(self, call: LayerCall) -> bool:
         """On a DiT block: :meth:`wants`, or the self-attention temperature is on (:meth:`image_scale`)."""
         if self.layers is not None and call.key not in self.layers:
             return False
@@ -174,25 +191,3 @@ class CrossAttentionModulation:
         out = torch.zeros(q.shape[0], heads, q.shape[1], k.shape[1], device=q.device)
         out[rows] = modulation_bias(q[rows], k[rows], heads, self.groups, mask, column)
         return out
-
-
-class SelfAttentionTemperature:
-    """attn1 replace: ``softmax(q kᵀ/(τ√d))`` while the phase is below ``temperature_until`` (q scaled by 1/τ);
-    otherwise the host kernel (or another pack's replace) on the untouched inputs."""
-
-    is_attention_align_replace = True
-
-    def __init__(self, attention_fn, settings: ModulationSettings, inner=None):
-        self.attention_fn, self.settings, self.inner = attention_fn, settings, inner
-
-    def __call__(self, q, k, v, extra_options):
-        from .attention_patch import layer_call
-
-        call = layer_call(q, extra_options)
-        tau = self.settings.temperature_at(phase(call))
-        if tau != 1.0:
-            q = q / tau
-        if self.inner is not None:
-            return self.inner(q, k, v, extra_options)
-        return self.attention_fn(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-                                 transformer_options=extra_options)

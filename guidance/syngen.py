@@ -83,6 +83,7 @@ class SynGenObjective:
     """SynGen's loss on the maps at one level (``name``/``level``/``loss`` protocol)."""
 
     name = "SynGen"
+    min_map_side = 1
 
     def __init__(self, groups: list[Group], *, eos_index: int, level: int = 32, context: torch.Tensor | None = None,
                  first: int = 1):

@@ -1,7 +1,7 @@
 """Turning attention maps into images: colour maps, per-word maps, overlays and grids (pure torch).
 
 Images follow ComfyUI's IMAGE layout: ``[H, W, 3]`` (or ``[N, H, W, 3]``) float in 0..1. Text labels are drawn
-by the node layer (``nodes/_render.py``); this module only computes pixels.
+by the node layer (``nodes/host/render.py``); this module only computes pixels.
 """
 from __future__ import annotations
 

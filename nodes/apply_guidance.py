@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._guided import guided_model
+from .host.guided import guided_model
 from .types import CATEGORY, GuidanceLogType, GuidanceType
 
 

@@ -6,42 +6,43 @@ import dataclasses
 from comfy_api.latest import io
 
 from ..guidance.attend_excite import attend_excite_guidance
-from . import _inputs
-from ._select import subjects_for
-from .types import CATEGORY, GuidanceType
+from .host import inputs
+from .host.words import subjects_for
+from .registry import method
+from .types import GuidanceType
 
 SOFTMAX = ["official", "normalize_eot"]
+
+METHOD = method("attend_excite")
 
 
 class AttendExciteGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AttentionAlignAttendExcite",
-            display_name="Attend-and-Excite Guidance",
-            category=CATEGORY,
+        return inputs.method_schema(
+            METHOD,
             description="Attend-and-Excite (Chefer et al., 2023): gradient steps on the latent raise the cross-"
                         "attention peak of the most neglected subject, so every subject appears. Connect to a Guided "
                         "KSampler or Apply Guidance.",
             inputs=[
-                _inputs.text_attention(),
+                inputs.text_attention(),
                 io.String.Input("subjects", default="",
                                 tooltip="Subject words, comma-separated ('cat, dog'; a repeated word as 'dog#2'). "
                                         "Empty: the prompt's nouns, found automatically (see Show Tokens)."),
-                _inputs.parser(),
+                inputs.parser(),
                 io.Combo.Input("softmax", options=SOFTMAX, default="official",
                                tooltip="official: softmax(100·A) over every token after bos, eos and padding "
                                        "included (official SD1 code, diffusers). normalize_eot: over the prompt's "
                                        "tokens only (the official repo's SD 2.1 mode)."),
-                _inputs.strength(),
-                _inputs.scale_factor(20.0, "Step size α_i = scale·√(1 − 0.5·i/N) (official: 20)."),
-                _inputs.guided_steps(25),
+                inputs.strength(),
+                inputs.scale_factor(20.0, "Step size α_i = scale·√(1 − 0.5·i/N) (official: 20)."),
+                inputs.guided_steps(25),
                 io.Int.Input("max_refinement_steps", default=20, min=0, max=100,
                              tooltip="Iterative refinement at steps 0/10/20 of 50 until the subjects reach "
                                      "0.05/0.5/0.8 attention (official: at most 20 iterations; 0 disables)."),
-                _inputs.level(),
-                _inputs.fast(),
-                _inputs.dit_blocks(),
+                inputs.level(),
+                inputs.fast(),
+                inputs.dit_blocks(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The subjects and their tokens.")],
@@ -61,5 +62,5 @@ class AttendExciteGuidance(io.ComfyNode):
                                           strength=strength, scale=scale_factor, guided_paper_steps=guided_steps,
                                           max_iters=max_refinement_steps,
                                           level=level, context=ta.context)
-        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=_inputs.check_dit_blocks(dit_blocks))
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance, text)

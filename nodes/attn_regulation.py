@@ -6,30 +6,31 @@ from comfy_api.latest import io
 
 from ..guidance.attn_regulation import RegulationSettings
 from ..guidance.method import AttentionEditGuidance
-from . import _inputs
-from ._select import subjects_for
-from .types import CATEGORY, GuidanceType
+from .host import inputs
+from .host.words import subjects_for
+from .registry import method
+from .types import GuidanceType
+
+METHOD = method("attention_regulation")
 
 
 class AttentionRegulationGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AttentionAlignAttentionRegulation",
-            display_name="Attention Regulation",
-            category=CATEGORY,
+        return inputs.method_schema(
+            METHOD,
             description="Attention Regulation (Zhang et al., ECCV 2024): in the chosen cross-attention layers and the "
                         "first steps, a small optimisation adds Gaussian bumps to the target words' attention logits "
                         "so each target gets a strong, comparably sized region. No backward pass through the model. "
                         "On Flux and SD3/SD3.5 it edits the image→text logits of the joint-attention blocks (level "
                         "16). Connect to Apply Guidance (any sampler node) or a Guided KSampler.",
             inputs=[
-                _inputs.text_attention(),
+                inputs.text_attention(),
                 io.String.Input("targets", default="",
                                 tooltip="Target words, comma-separated ('cat, dog'; 'dog#2' for a repeat); every "
                                         "wordpiece of a word is a target. Empty: the prompt's nouns, found "
                                         "automatically."),
-                _inputs.parser(),
+                inputs.parser(),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
                              tooltip="Seeds the random initial bump weights (each sampling run restarts from it)."),
                 io.Int.Input("edit_steps", default=25, min=0, max=50,
@@ -39,8 +40,8 @@ class AttentionRegulationGuidance(io.ComfyNode):
                              tooltip="Optimisation steps per layer call (official: 20)."),
                 io.Float.Input("learning_rate", default=100.0, min=0.0, max=10000.0, step=1.0,
                                tooltip="Step size of the bump weights, multiplied by batch × heads (official: 100)."),
-                _inputs.level(),
-                _inputs.dit_blocks(edit=True),
+                inputs.level(),
+                inputs.dit_blocks(edit=True),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The targets and their tokens.")],
@@ -54,6 +55,6 @@ class AttentionRegulationGuidance(io.ComfyNode):
         positions = [p for w in words for p in w.positions]
         editor = RegulationSettings(targets=tuple(positions), eos_index=ta.context_eos, start_token=ta.starts_context,
                                     seed=seed, edit_paper_steps=edit_steps, iterations=iterations, lr=learning_rate)
-        guidance = AttentionEditGuidance(name="Attention Regulation", cross_editor=editor, cross_level=level,
-                                         context=ta.context, dit_blocks=_inputs.check_dit_blocks(dit_blocks))
+        guidance = AttentionEditGuidance(name="Attention Regulation", edit=editor, level=level,
+                                         context=ta.context, dit_blocks=inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance, text)

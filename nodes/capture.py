@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._dit import attention_layers
-from ._guided import captured_model
-from ._inputs import ALL_LEVELS, recorded_level
-from ._unet import layer_levels
+from .host.backend import backend_of, layer_levels
+from .host.guided import captured_model
+from .host.inputs import ALL_LEVELS, recorded_level
 from .types import CATEGORY, AttentionMapsType
 
 
@@ -39,7 +38,7 @@ class CaptureCrossAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, levels: int, record_steps: bool) -> io.NodeOutput:
-        available = layer_levels(attention_layers(model))
+        available = layer_levels(backend_of(model).layers())
         if levels != ALL_LEVELS and levels not in available:
             raise ValueError(f"levels: {levels} is not a cross-attention level of this model; use 0 (all levels) or "
                              f"one of {', '.join(map(str, available))} (image divisors; 32 = 16×16 maps at 512 px)")

@@ -7,8 +7,8 @@ from comfy_api.latest import io
 
 from ..guidance.engine import GuidanceRecord
 from ..guidance.maps import AttentionMaps
-from ._dit import attention_layers
-from ._guided import captured_model, check_sizes, default_level, guided_model
+from .host.backend import backend_of
+from .host.guided import captured_model, check_sizes, default_level, guided_model
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, GuidanceType
 
 
@@ -49,7 +49,7 @@ class GuidedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 guidance) -> io.NodeOutput:
-        every_layer = attention_layers(model)       # a UNet's attn2 layers or a DiT's joint blocks
+        every_layer = backend_of(model).layers()       # a UNet's attn2 layers or a DiT's joint blocks
         check_sizes(guidance, every_layer, tuple(latent_image["samples"].shape[-2:]))   # before loading anything
         guided, log_board = guided_model(model, guidance)
         m, maps_board = captured_model(guided, default_level(guidance, model))

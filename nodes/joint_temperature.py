@@ -5,16 +5,18 @@ from comfy_api.latest import io
 
 from ..guidance.joint_temperature import JointTemperatureSettings
 from ..guidance.method import AttentionEditGuidance
-from .types import CATEGORY, GuidanceType
+from .host import inputs
+from .registry import method
+from .types import GuidanceType
+
+METHOD = method("joint_temperature")
 
 
 class JointTemperature(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AttentionAlignJointTemperature",
-            display_name="Joint Attention Temperature",
-            category=CATEGORY,
+        return inputs.method_schema(
+            METHOD,
             description="For Flux and SD3/SD3.5 (DiT): multiplies the image tokens' attention logits towards the "
                         "prompt's tokens by gamma in every joint-attention block during the first steps, so the "
                         "text weighs more while the layout forms (TACA, ICCV 2025, training-free). No gradients, no "
@@ -33,4 +35,4 @@ class JointTemperature(io.ComfyNode):
     @classmethod
     def execute(cls, gamma: float, until: float) -> io.NodeOutput:
         settings = JointTemperatureSettings(gamma=gamma, until=until)
-        return io.NodeOutput(AttentionEditGuidance(name=settings.name, cross_editor=settings, cross_level=16))
+        return io.NodeOutput(AttentionEditGuidance(name=settings.name, edit=settings, level=16))

@@ -4,10 +4,13 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..guidance.method import AttentionEditGuidance
-from ..guidance.modulation import CrossAttentionModulation, ModulationSettings
-from . import _inputs
-from ._select import entities_for
-from .types import CATEGORY, GuidanceType
+from ..guidance.modulation import ModulationEdit, ModulationSettings
+from .host import inputs
+from .host.words import entities_for
+from .registry import method
+from .types import GuidanceType
+
+METHOD = method("attention_modulation")
 
 
 def _phase(name: str, default: float, help_text: str) -> io.Input:
@@ -17,10 +20,8 @@ def _phase(name: str, default: float, help_text: str) -> io.Input:
 class AttentionModulationGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AttentionAlignAttentionModulation",
-            display_name="Attention Modulation",
-            category=CATEGORY,
+        return inputs.method_schema(
+            METHOD,
             description="Phase-wise attention modulation after Wu et al. 2024 (no official code exists; this is the "
                         "pack's own design): sharper self-attention early on, each image patch restricted to the "
                         "entity it attends to most, and nouns weighted up early, attributes late. Near-zero cost on "
@@ -28,11 +29,11 @@ class AttentionModulationGuidance(io.ComfyNode):
                         "(masking, weights) and the image→image ones (temperature). Neutral settings (temperature 1, "
                         "mask_until 0, weights 1) leave the model unchanged.",
             inputs=[
-                _inputs.text_attention(),
+                inputs.text_attention(),
                 io.String.Input("entities", default="",
                                 tooltip="Entity groups, ';'-separated, noun last: 'red car; blue bench'. Empty: found "
                                         "automatically (every noun, with its modifiers)."),
-                _inputs.parser(),
+                inputs.parser(),
                 io.Float.Input("temperature", default=0.8, min=0.05, max=2.0, step=0.05,
                                tooltip="Self-attention temperature τ in the early phase (< 1 sharpens; 1 = off)."),
                 _phase("temperature_until", 0.3, "Phase (fraction of the steps) until which τ applies."),
@@ -54,9 +55,9 @@ class AttentionModulationGuidance(io.ComfyNode):
         groups, text = entities_for(ta, entities, parser)
         settings = ModulationSettings(temperature, temperature_until, mask_until, noun_weight, attribute_weight,
                                       switch)
-        editor = CrossAttentionModulation(settings, [[p for w in g for p in w.positions] for g in groups],
+        editor = ModulationEdit(settings, [[p for w in g for p in w.positions] for g in groups],
                                           nouns=[p for g in groups for p in g[-1].positions],
                                           attributes=[p for g in groups for w in g[:-1] for p in w.positions])
-        guidance = AttentionEditGuidance(name="Attention Modulation", cross_editor=editor, cross_level=None,
+        guidance = AttentionEditGuidance(name="Attention Modulation", edit=editor, level=None,
                                          self_settings=settings, context=ta.context)
         return io.NodeOutput(guidance, text)

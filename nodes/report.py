@@ -11,9 +11,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..guidance.metrics import modifier_noun_overlap, noun_separation, ts_distance, weakest_subject_attention
-from ..guidance.session import resolve_record
-from ._inputs import maps_at, recorded_level
-from ._select import PARSERS, NothingFound, groups_for, subjects_for
+from .host.context import resolve_record
+from .host.inputs import maps_at, recorded_level
+from .host.words import PARSERS, NothingFound, groups_for, subjects_for
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ._select import PARSERS, NothingFound, groups_for, subjects_for
+from .host.words import PARSERS, NothingFound, groups_for, subjects_for
 from .types import CATEGORY, TextAttentionType
 
 

@@ -6,33 +6,34 @@ import dataclasses
 from comfy_api.latest import io
 
 from ..guidance.syngen import syngen_guidance
-from . import _inputs
-from ._select import groups_for
-from .types import CATEGORY, GuidanceType
+from .host import inputs
+from .host.words import groups_for
+from .registry import method
+from .types import GuidanceType
+
+METHOD = method("syngen")
 
 
 class SynGenGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AttentionAlignSynGen",
-            display_name="SynGen Guidance",
-            category=CATEGORY,
+        return inputs.method_schema(
+            METHOD,
             description="SynGen (Rassin et al., NeurIPS 2023): gradient steps on the latent pull each modifier's "
                         "cross-attention onto its noun and away from the other words, so attributes land on the "
                         "right object. Connect to a Guided KSampler or Apply Guidance.",
             inputs=[
-                _inputs.text_attention(),
+                inputs.text_attention(),
                 io.String.Input("groups", default="",
                                 tooltip="Groups separated by ';', the noun last: 'red car; blue bench' (a repeated "
                                         "word as 'red#2'). Empty: found automatically (see Show Tokens)."),
-                _inputs.parser(),
-                _inputs.strength(),
-                _inputs.scale_factor(20.0, "Constant step size (official: 20)."),
-                _inputs.guided_steps(25),
-                _inputs.level(),
-                _inputs.fast(),
-                _inputs.dit_blocks(),
+                inputs.parser(),
+                inputs.strength(),
+                inputs.scale_factor(20.0, "Constant step size (official: 20)."),
+                inputs.guided_steps(25),
+                inputs.level(),
+                inputs.fast(),
+                inputs.dit_blocks(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The groups and their tokens.")],
@@ -48,5 +49,5 @@ class SynGenGuidance(io.ComfyNode):
                                    first=ta.prompt_slice.start,
                                    strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, level=level,
                                    context=ta.context)
-        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=_inputs.check_dit_blocks(dit_blocks))
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance, text)

@@ -5,8 +5,15 @@ import torch
 from comfy_api.latest import io
 
 from ..guidance.text_attention import TextAttention
-from ._clip import ENCODER_KEYS, decode_chunk, embedding_counts, encoder_for, prompt_token_count, record_text_attention
-from ._render import matrix_tile
+from .host.clip import (
+    ENCODER_KEYS,
+    decode_chunk,
+    embedding_counts,
+    encoder_for,
+    prompt_token_count,
+    record_text_attention,
+)
+from .host.render import matrix_tile
 from .types import CATEGORY, TextAttentionType
 
 MAX_TOKENS = 75  # one 77-token window minus bos and eos

@@ -7,39 +7,40 @@ from comfy_api.latest import io
 
 from ..guidance.text_attention import TextAttention
 from ..guidance.tsam import REFINE_MODES, VARIANTS, tsam_guidance
-from . import _inputs
-from .types import CATEGORY, GuidanceType
+from .host import inputs
+from .registry import method
+from .types import GuidanceType
+
+METHOD = method("tsam")
 
 
 class TSAMGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AttentionAlignTSAM",
-            display_name="T-SAM Guidance",
-            category=CATEGORY,
+        return inputs.method_schema(
+            METHOD,
             description="T-SAM (Kim et al., CVPR 2025): during the first steps, gradient steps on the latent make the "
                         "similarity of the prompt tokens' cross-attention maps follow the text encoder's own "
                         "self-attention T. No word list and no parser: every prompt token takes part. Connect to a "
                         "Guided KSampler or Apply Guidance.",
             inputs=[
-                _inputs.text_attention(),
+                inputs.text_attention(),
                 io.Combo.Input("loss", options=list(VARIANTS), default="paper",
                                tooltip="paper: the paper's L1 formula between T and S. cosine: the released code's "
                                        "default (row-wise cosine between T and the similarity matrix)."),
-                _inputs.strength(),
-                _inputs.scale_factor(5.0, "Step size α_i = scale·√(1 − 0.5·i/N) (released config: 5; paper draft: "
+                inputs.strength(),
+                inputs.scale_factor(5.0, "Step size α_i = scale·√(1 − 0.5·i/N) (released config: 5; paper draft: "
                                           "20)."),
-                _inputs.guided_steps(30),
+                inputs.guided_steps(30),
                 io.Combo.Input("refine", options=list(REFINE_MODES), default="official",
                                tooltip="Iterative refinement at steps 0/10/20 of 50. official: 30 iterations, giving "
                                        "up at 20 if the loss is still above the threshold (released code). "
                                        "until_threshold: stop once below it. off: none."),
                 io.Float.Input("threshold_per_token", default=0.14, min=0.0, max=10.0, step=0.01,
                                tooltip="Refinement threshold = this × (prompt tokens − 1) (official: 0.14)."),
-                _inputs.level(),
-                _inputs.fast(),
-                _inputs.dit_blocks(),
+                inputs.level(),
+                inputs.fast(),
+                inputs.dit_blocks(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance")],
         )
@@ -53,5 +54,5 @@ class TSAMGuidance(io.ComfyNode):
                                  causal=ta.causal, prompt=ta.prompt, variant=loss,
                                  strength=strength, scale=scale_factor, guided_paper_steps=guided_steps, refine=refine,
                                  threshold_per_token=threshold_per_token, level=level, context=ta.context)
-        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=_inputs.check_dit_blocks(dit_blocks))
+        guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance)

@@ -6,14 +6,14 @@ from comfy_api.latest import io
 
 from ..guidance.engine import GuidanceRecord
 from ..guidance.maps import AttentionMaps
-from ..guidance.session import resolve_record
 from ..guidance.similarity import tsam_similarity
 from ..guidance.text_attention import TextAttention
 from ..guidance.tokens import resolve_words
 from ..guidance.viz import grid, heat_tiles, word_maps
-from ._inputs import maps_at, recorded_level
-from ._render import heat_tile_with_legend, line_plot_tile, matrix_tile
-from ._unet import VAE_FACTOR
+from .host.backend import VAE_FACTOR
+from .host.context import resolve_record
+from .host.inputs import maps_at, recorded_level
+from .host.render import heat_tile_with_legend, line_plot_tile, matrix_tile
 from .types import CATEGORY, AttentionMapsType, GuidanceLogType, TextAttentionType
 
 DEFAULT_TILE = 512

@@ -10,7 +10,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from headless import REPO_ROOT, ComfyHost, api_to_ui, require_comfyui
+from headless import REPO_ROOT, ComfyHost, api_to_ui, pack, require_comfyui
+
+REGISTRY = pack("nodes.registry")
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
@@ -20,14 +22,11 @@ FAMILIES = {"sd15": {"ckpt": SD15, "size": 512, "name": "SD1.5"},
             "sdxl": {"ckpt": SDXL, "size": 1024, "name": "SDXL"},
             "toy": {"ckpt": "attention-align/toy_shapes.safetensors", "size": 128, "name": "the toy model"}}
 #: the toy model's version of each graph (its vocabulary: 6 shapes × 7 colours): prompt, and the words typed into the
-#: method node; chosen when the graphs were written, before any result was seen. SynGen's holds two colour-shape
-#: pairs the model never saw in training (white circle, red square).
+#: method node (the methods' own from the registry); chosen when the graphs were written, before any result was seen.
+#: SynGen's holds two colour-shape pairs the model never saw in training (white circle, red square).
 TOY = {"capture_and_visualise": ("a red circle and a blue square", {}),
-       "tsam": ("a yellow star next to a green heart", {}),
-       "attend_and_excite": ("a purple cross and an orange triangle", {"subjects": "cross, triangle"}),
-       "syngen": ("a white circle next to a red square", {"groups": "white circle; red square"}),
-       "attention_regulation": ("a blue triangle and a yellow star", {"targets": "triangle, star"}),
-       "attention_modulation": ("a green circle and an orange heart", {"entities": "green circle; orange heart"})}
+       **{m.graph: (m.example.toy[0], {m.word_input: m.example.toy[1]} if m.word_input and m.example.toy[1] else {})
+          for m in REGISTRY.METHODS if m.unet}}
 TOY_LEVEL, TOY_STEPS = 16, 20
 #: DiT families: loaded from their separate files (diffusion model, text encoders, VAE), as ComfyUI's own examples do
 DIT = {"flux": {"ckpt": "flux1-dev.safetensors", "size": 1024, "name": "Flux-dev", "steps": 20, "cfg": 1.0,
@@ -44,12 +43,9 @@ DIT = {"flux": {"ckpt": "flux1-dev.safetensors", "size": 1024, "name": "Flux-dev
 #: node body heights (title bar excluded) as frontend 1.27.10 draws these nodes; a node is never drawn smaller than
 #: its widgets need, so a saved size below this would make nodes overlap on the canvas (tests/test_browser.py checks)
 HEIGHT = {"UNETLoader": 110, "DualCLIPLoader": 160, "TripleCLIPLoader": 135, "VAELoader": 85, "FluxGuidance": 85,
-          "EmptySD3LatentImage": 135, "CheckpointLoaderSimple": 160, "AttentionAlignLoadToyModel": 160, "CLIPTextEncode": 160, "EmptyLatentImage": 160, "KSampler": 262,
-          "VAEDecode": 160, "SaveImage": 300, "PreviewImage": 300, "AttentionAlignTextSelfAttention": 176,
-          "AttentionAlignCaptureCrossAttention": 160, "AttentionAlignApplyGuidance": 160,
-          "AttentionAlignGuidedKSampler": 282, "AttentionAlignVisualize": 166, "AttentionAlignShowTokens": 260,
-          "AttentionAlignTSAM": 226, "AttentionAlignAttendExcite": 270, "AttentionAlignSynGen": 222,
-          "AttentionAlignAttentionRegulation": 246, "AttentionAlignAttentionModulation": 246, "AttentionAlignJointTemperature": 110, "Note": 330}
+          "EmptySD3LatentImage": 135, "CheckpointLoaderSimple": 160, "CLIPTextEncode": 160, "EmptyLatentImage": 160,
+          "KSampler": 262, "VAEDecode": 160, "SaveImage": 300, "PreviewImage": 300, "Note": 330,
+          **{node.node_id: node.height for node in REGISTRY.NODES}}
 TITLE_H, GAP_X, GAP_Y, MARGIN = 30, 60, 40, 40
 #: the view the frontend opens the workflows with: text is drawn from about 57 % zoom (LiteGraph's low-quality
 #: threshold at 1× pixel ratio); 75 % keeps widget text legible on a laptop screen
@@ -192,23 +188,25 @@ def _guided(prompt_text: str, seed: int, method: dict, prefix: str,
     return prompt, columns
 
 
-def tsam() -> tuple[dict, list[list[str]]]:
-    return _guided("a black car and a white clock", 4913, {"class_type": "AttentionAlignTSAM", "inputs": {
-        "text_attention": ["2", 0], "loss": "paper", "strength": 1.0, "scale_factor": 5.0, "guided_steps": 30,
-        "refine": "official", "threshold_per_token": 0.14, "level": 32}}, "tsam", show_tokens=False)
+def method_node(host: ComfyHost, m) -> dict:
+    """The method's node at its official configuration (its schema's defaults: every widget written out, so that
+    the family and toy variants can set the level), with the example's words and settings."""
+    inputs = {name: value for name, value in host.widget_defaults(m.node.node_id).items()}
+    if m.text_attention:
+        inputs["text_attention"] = ["2", 0]
+    if m.word_input:
+        inputs[m.word_input] = m.example.words
+    if m.example is not None:
+        inputs.update(m.example.inputs)
+    return {"class_type": m.node.node_id, "inputs": inputs}
 
 
-def attend_and_excite() -> tuple[dict, list[list[str]]]:
-    return _guided("a cat and a frog", 42, {"class_type": "AttentionAlignAttendExcite", "inputs": {
-        "text_attention": ["2", 0], "subjects": "cat, frog", "parser": "builtin", "softmax": "official",
-        "strength": 1.0, "scale_factor": 20.0, "guided_steps": 25, "max_refinement_steps": 20, "level": 32}},
-        "attend_and_excite")
-
-
-def syngen() -> tuple[dict, list[list[str]]]:
-    return _guided("a checkered bowl on a red and blue table", 1924, {"class_type": "AttentionAlignSynGen", "inputs": {
-        "text_attention": ["2", 0], "groups": "", "parser": "builtin", "strength": 1.0, "scale_factor": 20.0,
-        "guided_steps": 25, "level": 32}}, "syngen")
+def method_graph(host: ComfyHost, m) -> tuple[dict, list[list[str]]]:
+    """A method's SD1.5 graph: its example prompt and seed through the route its example names."""
+    e = m.example
+    if e.route == "guided":
+        return _guided(e.prompt, e.seed, method_node(host, m), m.graph, show_tokens=e.show_tokens)
+    return _patched(e.prompt, e.seed, e.sampler, e.steps, method_node(host, m), m.graph, plot=e.plot)
 
 
 def _patched(prompt_text: str, seed: int, sampler: str, steps: int, method: dict, prefix: str,
@@ -236,66 +234,48 @@ def _patched(prompt_text: str, seed: int, sampler: str, steps: int, method: dict
     return prompt, [["1", "7"], ["2", "3"], ["4", "5", "6"], ["8"], ["9", "11"], ["10", "12"]]
 
 
-def attention_regulation() -> tuple[dict, list[list[str]]]:
-    return _patched("a cat and a dog", 42, "dpmpp_2m", 50, {"class_type": "AttentionAlignAttentionRegulation", "inputs": {
-        "text_attention": ["2", 0], "targets": "cat, dog", "parser": "builtin", "seed": 42, "edit_steps": 25,
-        "iterations": 20, "learning_rate": 100.0, "level": 32}}, "attention_regulation", plot=True)
+#: what to type for each graph on a real checkpoint (the Note node's last paragraph), and the steps to use
+WORDS = {"capture_and_visualise": "Words: type your prompt in Text Self-Attention (it is also the positive prompt) and, "
+                                  "optionally, the words to draw in Visualize Attention ('car, bench'; empty = every "
+                                  "word).",
+         **{m.graph: m.words_help for m in REGISTRY.METHODS}}
+STEPS = {"capture_and_visualise": "20 (any count works)", **{m.graph: m.steps_help for m in REGISTRY.METHODS}}
+#: the graphs on SD1.5, SDXL and the toy model, made from the live node schemas
+MAKERS = {"capture_and_visualise": lambda host: capture_and_visualise(),
+          **{m.graph: (lambda host, m=m: method_graph(host, m)) for m in REGISTRY.METHODS if m.unet}}
+#: what a gradient method's DiT Note says (the edits say it in their registry entry)
+GRADIENT_DIT_HELP = ("Level 16: the maps of every joint-attention block (the only level a DiT has). No official DiT "
+                     "settings exist for this method; these are its SD1.5 ones (gsn-factory uses the same on SD3).")
 
 
-def attention_modulation() -> tuple[dict, list[list[str]]]:
-    return _patched("a red car and a blue bench", 7, "euler", 30, {"class_type": "AttentionAlignAttentionModulation",
-                    "inputs": {"text_attention": ["2", 0], "entities": "", "parser": "builtin", "temperature": 0.8,
-                               "temperature_until": 0.3, "mask_until": 0.4, "noun_weight": 1.5,
-                               "attribute_weight": 1.5, "switch": 0.5}}, "attention_modulation", plot=False)
-
-
-#: what to type for each graph on a real checkpoint (the Note node's last paragraph)
-WORDS = {
-    "capture_and_visualise": "Words: type your prompt in Text Self-Attention (it is also the positive prompt) and, "
-                             "optionally, the words to draw in Visualize Attention ('car, bench'; empty = every word).",
-    "tsam": "Words: only the prompt, in Text Self-Attention: T-SAM aligns every pair of its tokens, nothing else to "
-            "type.",
-    "attend_and_excite": "Words: your prompt in Text Self-Attention; in Attend-and-Excite the subjects that must "
-                         "appear, comma-separated words of the prompt ('cat, frog'), or empty for its nouns. Show "
-                         "Tokens shows what they resolve to before you sample.",
-    "syngen": "Words: your prompt in Text Self-Attention; in SynGen the groups, modifiers then noun, ';' between "
-              "groups ('checkered bowl; red and blue table'), or empty to find them (see Show Tokens).",
-    "attention_regulation": "Words: your prompt in Text Self-Attention; in Attention Regulation the target words, "
-                            "comma-separated ('cat, dog'), or empty for the prompt's nouns.",
-    "attention_modulation": "Words: your prompt in Text Self-Attention; in Attention Modulation the entities like "
-                            "SynGen's groups ('red car; blue bench'), or empty to find them.",
-}
-STEPS = {"capture_and_visualise": "20 (any count works)", "tsam": "50 (the papers' schedule; fewer are scaled)",
-         "attend_and_excite": "50 (the papers' schedule; fewer are scaled)",
-         "syngen": "50 (the papers' schedule; fewer are scaled)",
-         "attention_regulation": "50 (the papers' schedule; fewer are scaled)",
-         "attention_modulation": "30 (phases are fractions of the steps)"}
-MAKERS = {"capture_and_visualise": capture_and_visualise, "tsam": tsam, "attention_regulation": attention_regulation,
-          "attention_modulation": attention_modulation, "attend_and_excite": attend_and_excite, "syngen": syngen}
-def joint_temperature_dit(family: str) -> tuple[dict, list[list[str]]]:
-    return capture_and_visualise_dit(family, {"class_type": "AttentionAlignJointTemperature",
-                                              "inputs": {"gamma": 1.2, "until": 0.1}})
-
-
-def _dit_method(family: str, unet_graph, *, plot: bool = True) -> tuple[dict, list[list[str]]]:
-    """A method's graph on a DiT: the SD1.5 graph's prompt and method node, at level 16 (every joint block) where
-    the method has a level, applied with Apply Guidance before the capture; ``plot``: its loss per step is drawn."""
-    unet, _ = unet_graph()
+def dit_method_graph(host: ComfyHost, family: str, m) -> tuple[dict, list[list[str]]]:
+    """A method's graph on a DiT, applied with Apply Guidance before the capture: a method that also runs on UNets
+    with its SD1.5 graph's prompt and node, at level 16 (every joint block) where it has a level; its loss per step
+    drawn when its example plots it."""
+    if not m.unet:
+        return capture_and_visualise_dit(family, method_node(host, m))
+    unet, _ = method_graph(host, m)
     method = unet["4"]
     if "level" in method["inputs"]:
         method["inputs"]["level"] = 16
-    return capture_and_visualise_dit(family, method, text=unet["2"]["inputs"]["text"], plot=plot)
+    return capture_and_visualise_dit(family, method, text=unet["2"]["inputs"]["text"], plot=m.example.plot)
 
 
 #: the graphs that run on DiT models (Flux, SD3.5), made per family
-DIT_MAKERS = {"capture_and_visualise": capture_and_visualise_dit, "joint_temperature": joint_temperature_dit,
-              "tsam": lambda family: _dit_method(family, tsam),
-              "attend_and_excite": lambda family: _dit_method(family, attend_and_excite),
-              "syngen": lambda family: _dit_method(family, syngen),
-              "attention_regulation": lambda family: _dit_method(family, attention_regulation),
-              "attention_modulation": lambda family: _dit_method(family, attention_modulation, plot=False)}
+DIT_MAKERS = {"capture_and_visualise": lambda host, family: capture_and_visualise_dit(family),
+              **{m.graph: (lambda host, family, m=m: dit_method_graph(host, family, m))
+                 for m in REGISTRY.METHODS if m.dit}}
 WORKFLOWS = {**{f"{graph}_{family}.json": (graph, family) for graph in MAKERS for family in FAMILIES},
              **{f"{graph}_{family}.json": (graph, family) for graph in DIT_MAKERS for family in DIT}}
+
+
+def _dit_method_note(graph: str) -> str:
+    """The method's paragraph in a DiT workflow's Note: what to type, and how it runs on a DiT."""
+    m = next((m for m in REGISTRY.METHODS if m.graph == graph), None)
+    if m is None:
+        return ""
+    parts = [m.words_help if m.unet else "", m.dit_help or (GRADIENT_DIT_HELP if m.kind == "gradient" else "")]
+    return "\n\n" + " ".join(p for p in parts if p)
 
 
 def note_text(graph: str, family: str) -> str:
@@ -308,17 +288,7 @@ def note_text(graph: str, family: str) -> str:
                 + (" (Flux-dev is guidance-distilled: FluxGuidance 3.5 sets its guidance)" if family == "flux" else "")
                 + ".\n\nWords: type your prompt in Text Self-Attention (it reads T5 and is also the positive prompt) "
                 "and, optionally, the words to draw in Visualize Attention ('car, bench'; empty = every word)."
-                + ("\n\nJoint Attention Temperature: gamma 1.2 for the first tenth of the steps (TACA's setting); "
-                   "no words to type." if graph == "joint_temperature" else "")
-                + (f"\n\n{WORDS[graph]} Level 16: the maps of every joint-attention block (the only level a DiT "
-                   "has). No official DiT settings exist for this method; these are its SD1.5 ones (gsn-factory "
-                   "uses the same on SD3)." if graph in ("tsam", "attend_and_excite", "syngen") else "")
-                + (f"\n\n{WORDS[graph]} It edits the image→text logits of every joint-attention block (level 16, "
-                   "the only level a DiT has; dit_blocks = double: Flux's double-stream blocks only). No DiT "
-                   "settings were published; these are its SD1.5 ones." if graph == "attention_regulation" else "")
-                + (f"\n\n{WORDS[graph]} It edits every joint-attention block: masking and weights on the "
-                   "image→text logits, the temperature on the image→image ones. No DiT settings were published; "
-                   "these are its SD1.5 ones." if graph == "attention_modulation" else ""))
+                + _dit_method_note(graph))
     if family == "toy":
         return (f"Set up for the pack's toy model: a small text-to-image model of coloured shapes (circle, square, "
                 f"triangle, star, cross, heart × red, green, blue, yellow, purple, orange, white), trained by "
@@ -386,9 +356,9 @@ def ui_workflow(name: str, host: ComfyHost) -> dict:
     """The UI-format workflow ``name`` as the generator writes it from today's node schemas (with its Note)."""
     graph, family = WORKFLOWS[name]
     if family in DIT:
-        prompt, columns = DIT_MAKERS[graph](family)
+        prompt, columns = DIT_MAKERS[graph](host, family)
     else:
-        prompt, columns = MAKERS[graph]()
+        prompt, columns = MAKERS[graph](host)
         prompt = for_family(prompt, family, graph)
     note_id = str(max(int(k) for k in prompt) + 1)
     columns[0].append(note_id)

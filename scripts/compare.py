@@ -63,18 +63,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))                  # stats.py
 
+from headless import pack  # noqa: E402
 from prompt_sets import PromptItem, PromptSetError, read_prompt_set  # noqa: E402
 
-METHOD_NODES = {"tsam": "AttentionAlignTSAM", "attend_excite": "AttentionAlignAttendExcite",
-                "syngen": "AttentionAlignSynGen", "attention_regulation": "AttentionAlignAttentionRegulation",
-                "attention_modulation": "AttentionAlignAttentionModulation"}
-WORD_INPUTS = {"AttentionAlignAttendExcite": ("subjects", "subjects"), "AttentionAlignSynGen": ("groups", "groups"),
-               "AttentionAlignAttentionRegulation": ("targets", "subjects"),
-               "AttentionAlignAttentionModulation": ("entities", "groups")}
+REGISTRY = pack("nodes.registry")
+#: the methods a workflow's method node can be swapped for (those that read the prompt's Text Self-Attention)
+METHOD_NODES = {m.key: m.node.node_id for m in REGISTRY.METHODS if m.text_attention}
+#: node id → (the input that takes the prompt's words, the prompt-set field that fills it)
+WORD_INPUTS = {m.node.node_id: (m.word_input, m.word_field) for m in REGISTRY.METHODS if m.word_input}
 GUIDED = {"AttentionAlignGuidedKSampler", "AttentionAlignApplyGuidance"}
 SAMPLERS = {"KSampler", "KSamplerAdvanced", "AttentionAlignGuidedKSampler"}
 DEFAULT_TOY_WORKFLOW = ROOT / "example_workflows" / "attend_and_excite_toy.json"
@@ -245,8 +243,9 @@ def load_template(path: str, schemas: Schemas) -> Template:
     link = prompt[g]["inputs"].get("guidance")
     method = str(link[0]) if isinstance(link, list) else None
     if method is None or prompt[method]["class_type"] not in METHOD_NODES.values():
+        names = ", ".join(m.display_name for m in REGISTRY.METHODS if m.text_attention)
         raise CompareError(f"--workflow: the guidance input of node {g} must come from one of the pack's method "
-                           "nodes (T-SAM, Attend-and-Excite, SynGen, Attention Regulation, Attention Modulation)")
+                           f"nodes ({names})")
     ta_link = prompt[method]["inputs"].get("text_attention")
     text = str(ta_link[0]) if isinstance(ta_link, list) else None
     if text is None or prompt[text]["class_type"] != "AttentionAlignTextSelfAttention":

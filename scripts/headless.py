@@ -6,6 +6,9 @@
 * :class:`ComfyHost` boots it (on the CPU unless told otherwise) with a private base directory (``--base-directory``): only this pack is in
   its ``custom_nodes`` (as a symlink, as a user's clone would be), models come from ``<base>/models``. One host per
   process: ComfyUI keeps global state.
+* :func:`pack` imports the pack itself without ComfyUI, as the package ``attention_align`` (its ComfyUI-free modules:
+  ``guidance``, ``nodes.registry``, …): the one way scripts, benchmarks and tests import it. Importing this module
+  also makes the repository's ``toy`` package importable.
 * :meth:`ComfyHost.run` executes an API-format prompt with ComfyUI's own ``PromptExecutor`` and returns every
   node's raw outputs; :func:`ui_to_api` converts a UI-format workflow (what the frontend saves) to API format the
   way the frontend does when it queues a prompt.
@@ -13,6 +16,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +31,22 @@ PACK_NAME = "attention-align"   # the install folder; the frontend's node badge 
 BUILT_HOST = Path(".host", "ComfyUI")
 NO_COMFYUI = ("no ComfyUI found: run scripts/setup_env.sh (it builds ComfyUI 0.3.64 in .host/ComfyUI), or set "
               "COMFYUI_PATH to a ComfyUI checkout")
+PACKAGE = "attention_align"
+if str(REPO_ROOT) not in sys.path:                # the repository's toy package (toy.scenes, toy.judge, …)
+    sys.path.append(str(REPO_ROOT))
+
+
+def pack(name: str = ""):
+    """The pack as the package ``attention_align`` (registered once, from this repository, without ComfyUI), or its
+    module ``name`` (``"nodes.registry"``, ``"guidance.maps"``). Modules that import ComfyUI need :class:`ComfyHost`
+    (:meth:`ComfyHost.pack_module`) instead."""
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, REPO_ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(REPO_ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{PACKAGE}.{name}") if name else sys.modules[PACKAGE]
 
 
 def find_comfyui(repo_root: Path = REPO_ROOT) -> Path | None:
@@ -123,8 +144,6 @@ class ComfyHost:
     # -- the pack as ComfyUI loaded it ------------------------------------------------------------
     def pack_module(self, name: str = ""):
         """A module of the pack as ComfyUI imported it (``"guidance.maps"``, ``"nodes"``, or ``""`` for the root)."""
-        import importlib
-
         root = self.pack_path.replace(".", "_x_")  # ComfyUI names a package after its path, dots escaped
         return importlib.import_module(f"{root}.{name}") if name else sys.modules[root]
 
@@ -193,6 +212,16 @@ class ComfyHost:
             for name, value in (spec.get(section) or {}).items():
                 order.append((name, value if isinstance(value, tuple) else tuple(value)))
         return order
+
+    def widget_defaults(self, class_type: str) -> dict:
+        """Every widget input of the node (required and optional) at its schema default (a list's first option
+        where it has none): a node's official configuration, for the pack's method nodes."""
+        out = {}
+        for name, spec in self.input_order(class_type):
+            if _is_widget(spec):
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                out[name] = opts.get("default", spec[0][0] if isinstance(spec[0], list) else None)
+        return out
 
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

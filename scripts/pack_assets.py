@@ -26,10 +26,10 @@ THUMB_MIN, THUMB_MAX = 256, 1024
 def draw_icon(size: int = 256):
     """The pack's icon as a PIL image: two grey shapes on black, a turbo heat map hot on the disc, cold elsewhere."""
     import torch
+    from headless import pack
     from PIL import Image
 
-    sys.path.insert(0, str(REPO_ROOT))
-    from guidance.viz import colormap
+    colormap = pack("guidance.viz").colormap
 
     yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     disc = (((xx - 0.36) ** 2 + (yy - 0.58) ** 2) < 0.25 ** 2).float()

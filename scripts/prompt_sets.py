@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 from dataclasses import dataclass, field
 from itertools import combinations, product
 from pathlib import Path
@@ -127,7 +126,8 @@ def dvmp_set(n: int = 200, *, seed: int = 0) -> list[PromptItem]:
 
 
 def toy_set() -> list[PromptItem]:
-    sys.path.insert(0, str(ROOT))
+    import headless  # noqa: F401  (makes the repository's toy package importable)
+
     from toy.scenes import evaluation_prompts, typed_words
 
     out = []

@@ -22,29 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from headless import REPO_ROOT, ComfyHost, require_comfyui, ui_to_api
+from headless import REPO_ROOT, ComfyHost, pack, require_comfyui, ui_to_api
 from run_workflow import TINY, tiny_prompt
 
 THUMB = 512
 DOC_WIDTH = 768
 #: node id → (workflow whose run pictures it, what to take: 'maps' = the Visualize grid, 'T' = the T image,
-#: 'text' = the node's shown text)
-DOC_PICTURES = {
-    "AttentionAlignTextSelfAttention": ("capture_and_visualise_toy", "T"),
-    "AttentionAlignCaptureCrossAttention": ("capture_and_visualise_toy", "maps"),
-    "AttentionAlignVisualize": ("attend_and_excite_toy", "maps"),
-    "AttentionAlignTSAM": ("tsam_toy", "maps"),
-    "AttentionAlignAttendExcite": ("attend_and_excite_toy", "maps"),
-    "AttentionAlignSynGen": ("syngen_toy", "maps"),
-    "AttentionAlignAttentionRegulation": ("attention_regulation_toy", "maps"),
-    "AttentionAlignAttentionModulation": ("attention_modulation_toy", "maps"),
-    "AttentionAlignShowTokens": ("syngen_toy", "text"),
-    "AttentionAlignGuidedKSampler": ("tsam_toy", "maps"),
-    "AttentionAlignApplyGuidance": ("attention_regulation_toy", "maps"),
-    "AttentionAlignLoadToyModel": ("capture_and_visualise_toy", "maps"),
-    "AttentionAlignReport": ("attend_and_excite_toy", "report"),
-    "AttentionAlignJointTemperature": ("joint_temperature_flux", "maps"),
-}
+#: 'text' = the node's shown text, 'report' = the Attention Report), from the pack's registry
+DOC_PICTURES = {node.node_id: node.picture for node in pack("nodes.registry").NODES}
 
 
 def _images(host: ComfyHost, prompt: dict, ui_outputs: dict) -> dict:

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -24,18 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import headless  # noqa: E402  (scripts/headless.py)
 
-
-def _register_pack_alias() -> None:
-    if "attention_align" in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location("attention_align", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["attention_align"] = module
-    spec.loader.exec_module(module)
-
-
-_register_pack_alias()
+headless.pack()                     # the package alias ``attention_align`` the fast tests import
 
 TINY_CKPT = "tiny_sd15.safetensors"
 PROMPT = "a red car and a blue bench"

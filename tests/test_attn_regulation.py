@@ -3,8 +3,9 @@ import math
 
 import pytest
 import torch
-from attention_align.guidance.attention_patch import PASS_KEY, layer_call
 from attention_align.guidance.attn_regulation import RegulationSettings, gaussian_bank, optimise_bias, regulation_loss
+from attention_align.nodes.host.context import PASS_KEY
+from attention_align.nodes.host.routers import layer_call
 
 
 # ---- the official code (attention_regulation/attn_processor.py), with grad scoped by a context ------------------

@@ -2,23 +2,14 @@
 with every input of the node's schema, a picture that exists, and the paper; the README links each page."""
 import re
 
+import headless
 import pytest
 from conftest import ROOT
 
 DOCS = ROOT / "web" / "docs"
 
 
-def _node_ids():
-    text = (ROOT / "nodes" / "__init__.py").read_text()
-    listed = re.search(r"NODES: list\[.*?\] = \[(.*?)\]", text, re.S)[1]
-    ids = []
-    for cls in re.findall(r"\w+", listed):
-        module = next(p for p in (ROOT / "nodes").glob("*.py") if re.search(rf"class {cls}\b", p.read_text()))
-        ids.append(re.search(r'node_id="(\w+)"', module.read_text())[1])
-    return ids
-
-
-NODE_IDS = _node_ids()
+NODE_IDS = [node.node_id for node in headless.pack("nodes.registry").NODES]
 
 
 def test_every_node_has_a_page_and_no_page_is_stray():

@@ -1,9 +1,10 @@
 """The update loop: plain steps, the official refinement control flows, per-sample independence, interrupts."""
 import pytest
 import torch
-from attention_align.guidance.attention_patch import PASS_KEY, layer_call
 from attention_align.guidance.engine import PassMaps, StopForward, guided_step
 from attention_align.guidance.schedule import make_plan
+from attention_align.nodes.host.context import PASS_KEY
+from attention_align.nodes.host.routers import layer_call
 
 CENTRES = torch.tensor([[0.3, -0.2, 0.5], [1.0, 0.4, -0.8]], dtype=torch.float64)
 

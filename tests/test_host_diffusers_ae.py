@@ -125,7 +125,7 @@ def _run_pack(ref, z_t):
     guidance = host.node_class("AttentionAlignAttendExcite").execute(ref["ta"], subjects=SUBJECTS,
                                                                      **OFFICIAL).args[0]
     assert list(guidance.objective.subjects) == [(i,) for i in INDICES]
-    guided, log = guide(host.pack_module("nodes._guided"), model, guidance)
+    guided, log = guide(host.pack_module("nodes.host.guided"), model, guidance)
     scheduler = ref["pipe"].scheduler
     scheduler.set_timesteps(STEPS)
     ac = scheduler.alphas_cumprod.double()

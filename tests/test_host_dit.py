@@ -18,7 +18,7 @@ def dit(host):
     flux_clip, sd3_clip = tiny_dit.flux_clip(), tiny_dit.sd3_clip()
     return SimpleNamespace(
         host=host, flux=tiny_dit.flux_model(), mmdit=tiny_dit.mmdit_model(), flux_clip=flux_clip, sd3_clip=sd3_clip,
-        G=host.pack_module("nodes._guided"), text=host.node_class("AttentionAlignTextSelfAttention"),
+        G=host.pack_module("nodes.host.guided"), text=host.node_class("AttentionAlignTextSelfAttention"),
         capture=host.node_class("AttentionAlignCaptureCrossAttention"),
         viz=host.node_class("AttentionAlignVisualize"))
 
@@ -143,7 +143,7 @@ def test_t5_text_attention_equals_an_independent_computation(dit):
     token embeddings; and ``o(P v)`` reproduces the layer's own output."""
     ta, image, cond = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args
     assert ta.encoder == "t5xxl" and ta.offset == 0 and cond[0][0].shape[1] == 256
-    render = dit.host.pack_module("nodes._render")
+    render = dit.host.pack_module("nodes.host.render")
     title = "T = text self-attention^3 (t5xxl)"
     causal = render.matrix_tile(ta.target(), ta.prompt_labels, (512, 512), title, lower_only=True)
     assert torch.equal(image[0], render.matrix_tile(ta.target(), ta.prompt_labels, (512, 512), title,
@@ -385,7 +385,7 @@ def test_dit_update_persists_and_strength_zero_is_stock(dit, sampler):
     from test_host_engine import restarted
 
     pos, neg = ta_conditioning(dit, dit.flux_clip), encode(dit.flux_clip, "")
-    paths = dit.host.pack_module("nodes._samplers")
+    paths = dit.host.pack_module("nodes.host.samplers")
     exact = sampler in paths.IN_PLACE or sampler in paths.CHUNKED_EXACT
     stock = sample(dit.flux, pos, neg, cfg=1.0, sampler=sampler)
     assert not stock.requires_grad
@@ -540,7 +540,7 @@ def test_attention_modulation_on_joint_attention_equals_the_hand_computed_one(di
     cfg = 1.0 if kind == "flux" else 4.0
     edited, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(model, guidance).args
     out = sample(edited, pos, neg, cfg=cfg, steps=4)
-    editor = guidance.cross_editor
+    editor = guidance.edit
     at = {w.text: list(w.positions) for w in ta.words}
     assert editor.groups == [at["red"] + at["car"], at["blue"] + at["bench"]]
     assert editor.nouns == at["car"] + at["bench"] and editor.attributes == at["red"] + at["blue"]
@@ -586,7 +586,7 @@ def test_attention_regulation_on_joint_attention_raises_the_targets_attention(di
     _, maps, log = ks.execute(model, 4, 3, cfg, "euler", "simple", pos, neg, latent, 1.0, guidance).args
     ta0, pos0, off = regulation(dit, clip, 0)
     stock_latent, plain, _ = ks.execute(model, 4, 3, cfg, "euler", "simple", pos0, neg, latent, 1.0, off).args
-    editor = guidance.cross_editor
+    editor = guidance.edit
     assert editor.eos_index == ta.context_eos and editor.start_token == (kind == "mmdit")
     targets = [p for w in ta.words if w.text in ("car", "bench") for p in w.positions]
     share = lambda m: m.mean(16)[:, targets].sum(1).mean().item()            # noqa: E731
@@ -600,17 +600,17 @@ def test_attention_regulation_double_blocks_edits_fluxs_double_stream_only(dit):
     ta, pos, guidance = regulation(dit, dit.flux_clip, 50, dit_blocks="double")
     m, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(dit.flux, guidance).args
     runs = []
-    original = guidance.cross_editor.for_run
+    original = guidance.edit.for_run
 
     def spy(layers):
         runs.append(sorted(layers))
         return original(layers)
 
-    object.__setattr__(guidance.cross_editor, "for_run", spy)
+    object.__setattr__(guidance.edit, "for_run", spy)
     try:
         sample(m, pos, encode(dit.flux_clip, ""), cfg=1.0, steps=2)
     finally:
-        object.__delattr__(guidance.cross_editor, "for_run")
+        object.__delattr__(guidance.edit, "for_run")
     assert runs == [[("double", i, 0) for i in range(len(dit.flux.model.diffusion_model.double_blocks))]]
 
 
@@ -639,7 +639,7 @@ def test_flux_kontext_reference_tokens_are_neither_read_nor_edited(dit):
     torch.testing.assert_close(board.records[-1].mean(16), by_hand(spy.calls, text, (6, 5)), rtol=1e-5, atol=1e-6)
     edited, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(dit.flux, guidance).args
     out = sample(edited, pos, neg, cfg=1.0, steps=4)
-    editor = guidance.cross_editor
+    editor = guidance.edit
     hand = HandModulation(text, 30, editor.groups, editor.nouns, editor.attributes,
                           dict(tau=0.7, until=0.3, mask_until=0.6, noun=1.8, attr=1.6, switch=0.5))
     reference = dit.flux.clone()
@@ -677,7 +677,7 @@ def test_another_packs_block_replace_keeps_running_under_capture_and_edits(dit, 
     if edit:
         m, _ = dit.host.node_class("AttentionAlignApplyGuidance").execute(model, guidance).args
         out = sample(m, pos, neg, cfg=1.0)
-        editor = guidance.cross_editor
+        editor = guidance.edit
         hand = HandModulation(pos[0][0].shape[1], 30, editor.groups, editor.nouns, editor.attributes,
                               dict(tau=0.7, until=1.0, mask_until=1.0, noun=1.8, attr=1.8, switch=0.5))
         reference = model.clone()                                               # the other pack's replace + by hand

@@ -21,8 +21,8 @@ def env(host, tiny_ckpt):
     ta, _, pos = out["t"]
     neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     return SimpleNamespace(host=host, model=model, clip=clip, vae=vae, ta=ta, pos=pos, neg=neg,
-                           G=host.pack_module("nodes._guided"), T=host.pack_module("guidance.tsam"),
-                           S=host.pack_module("nodes._samplers"), M=host.pack_module("guidance.method"))
+                           G=host.pack_module("nodes.host.guided"), T=host.pack_module("guidance.tsam"),
+                           S=host.pack_module("nodes.host.samplers"), M=host.pack_module("guidance.method"))
 
 
 def tsam(env, strength, guided=30, refine="off", variant="paper", *, runaway_bound=True):
@@ -412,7 +412,7 @@ def test_mismatched_prompt_and_bad_levels_are_refused(env, host, tiny_ckpt):
 def test_truncated_gradient_pass_gives_the_same_loss_and_gradient(env, host):
     """The fast path stops the UNet after the last layer at the loss's level; nothing after it can change the loss,
     so losses and updated latents (which carry the gradient) are bit-identical, and the later layers never run."""
-    unet, session = host.pack_module("nodes._unet"), host.pack_module("nodes._session")
+    backend, attach = host.pack_module("nodes.host.backend"), host.pack_module("nodes.host.attach")
 
     class GradPassLayers:
         def __init__(self):
@@ -427,9 +427,10 @@ def test_truncated_gradient_pass_gives_the_same_loss_and_gradient(env, host):
     for truncate in (True, False):
         m, log = guide(env.G, env.model, tsam(env, 10.0, refine="official"), verify=True, truncate=truncate)
         seen = GradPassLayers()
-        spy = SimpleNamespace(name="spy", begin=lambda info, layers, seen=seen: SimpleNamespace(
+        spy = SimpleNamespace(name="spy", edits_attention=False, begin=lambda info, layers, seen=seen: SimpleNamespace(
             observers=(seen,), editors=(), end=lambda stamp: None))
-        session.attach(m, spy, unet.level_map(unet.cross_attention_layers(m)), kind="test")
+        model_backend = backend.backend_of(m)
+        attach.attach(m, spy, model_backend, backend.level_map(model_backend.layers()), kind="test")
         sample(env, m, "euler", size=128, steps=3, batch=2)
         runs[truncate] = (log, seen.keys)
     (fast, fast_keys), (full, full_keys) = runs[True], runs[False]
@@ -437,7 +438,7 @@ def test_truncated_gradient_pass_gives_the_same_loss_and_gradient(env, host):
     for a, b in zip(fast.steps, full.steps):
         assert all(torch.equal(x, y) for x, y in zip(a.losses, b.losses))
         assert torch.equal(a.loss_after, b.loss_after) and torch.equal(a.x_after, b.x_after)
-    level_layers = [layer.key for layer in unet.cross_attention_layers(env.model) if layer.level == 32]
+    level_layers = [layer.key for layer in backend.backend_of(env.model).layers() if layer.level == 32]
     order = list(dict.fromkeys(full_keys))                  # every layer, in forward order
     last = order.index(level_layers[-1])
     assert set(fast_keys) == set(order[:last + 1])           # everything up to the loss's last layer, nothing after

@@ -95,7 +95,7 @@ def test_capture_and_guided_tsam_run_on_the_family(host, family):
         assert maps.shape == (1, 77, h, w)
         torch.testing.assert_close(maps.sum(1), torch.ones(1, h, w), rtol=0, atol=1e-4)
 
-    G, T = host.pack_module("nodes._guided"), host.pack_module("guidance.tsam")
+    G, T = host.pack_module("nodes.host.guided"), host.pack_module("guidance.tsam")
     guidance = T.tsam_guidance(ta.target(), eos_index=ta.eos_index, prompt=ta.prompt, variant="paper", strength=10.0,
                                scale=5.0, guided_paper_steps=30, refine="off", context=ta.context)
     m, log = guide(G, family.model, guidance, verify=True)

@@ -15,7 +15,7 @@ from conftest import capture_graph as graph
 
 
 def pack_node_ids(host) -> list[str]:
-    return sorted(cls.GET_SCHEMA().node_id for cls in host.pack_module("nodes").NODES)
+    return sorted(cls.GET_SCHEMA().node_id for cls in host.pack_module("nodes.extension").NODES)
 
 
 def test_nodes_register_with_descriptions_and_tooltips(host):
@@ -30,6 +30,26 @@ def test_nodes_register_with_descriptions_and_tooltips(host):
         assert schema.description, node_id
         for inp in schema.inputs:
             assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
+
+
+def test_the_registry_describes_each_node_as_its_schema_does(host):
+    """What scripts, benchmarks and docs read from the registry (without ComfyUI) agrees with the live schemas:
+    each node's id in the extension's order, and each method's name, word input, refinement switch, sweep input,
+    fast mode and whether it reads a Text Self-Attention."""
+    registry = host.pack_module("nodes.registry")
+    classes = host.pack_module("nodes.extension").NODES
+    assert [cls.GET_SCHEMA().node_id for cls in classes] == [node.node_id for node in registry.NODES]
+    for m in registry.METHODS:
+        schema = host.node_class(m.node.node_id).GET_SCHEMA()
+        names = {i.id for i in schema.inputs}
+        assert schema.display_name == m.display_name, m.key
+        assert ("text_attention" in names) == m.text_attention, m.key
+        assert ("fast" in names) == m.fast, m.key
+        assert m.word_input is None or m.word_input in names, m.key
+        assert m.refine_off is None or m.refine_off[0] in names, m.key
+        swept = ["noun_weight", "attribute_weight"] if m.sweep == "weights" else [m.sweep] if m.sweep else []
+        assert set(swept) <= names, m.key
+        assert set(m.example.inputs if m.example else {}) <= names, m.key
 
 
 def test_pack_loads_from_any_folder_name(tmp_path, comfy_path, host):
@@ -177,7 +197,7 @@ def test_capture_wraps_another_packs_replace_instead_of_dropping_it(host, loaded
     import nodes as comfy_nodes
 
     model, clip, _ = loaded
-    attention = host.pack_module("guidance.attention_patch")
+    attention = host.pack_module("guidance.attention")
     calls = []
 
     def foreign(q, k, v, extra):      # another pack's attn2 replace: plain attention, output halved

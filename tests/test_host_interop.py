@@ -24,11 +24,10 @@ def env(host, tiny_ckpt):
                           "inputs": {"clip": ["c", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}}})
     model, clip, _ = out["c"][:3]
     ta, _, pos = out["t"]
-    unet = host.pack_module("nodes._unet")
-    keys = [layer.key for layer in unet.cross_attention_layers(model)]
+    keys = [layer.key for layer in host.pack_module("nodes.host.backend").backend_of(model).layers()]
     return SimpleNamespace(host=host, model=model, clip=clip, ta=ta, pos=pos, keys=keys,
                            neg=clip.encode_from_tokens_scheduled(clip.tokenize("")),
-                           G=host.pack_module("nodes._guided"), node=host.node_class)
+                           G=host.pack_module("nodes.host.guided"), node=host.node_class)
 
 
 def sample(env, model, seed=2, steps=3, cfg=6.0, negative=None):
@@ -319,7 +318,7 @@ def test_a_layer_run_twice_by_another_pack_does_not_change_the_truncated_loss(en
     T = env.host.pack_module("guidance.tsam")
     guidance = T.tsam_guidance(env.ta.target(), eos_index=env.ta.eos_index, prompt=env.ta.prompt, strength=10.0,
                                refine="off", context=env.ta.context)
-    read = [layer.key for layer in env.host.pack_module("nodes._unet").cross_attention_layers(env.model)
+    read = [layer.key for layer in env.host.pack_module("nodes.host.backend").backend_of(env.model).layers()
             if layer.level == 32]
     unet = env.model.model.diffusion_model
     name, block = next((n, m) for n, m in unet.named_modules() if type(m).__name__ == "SpatialTransformer"

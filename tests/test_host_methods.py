@@ -64,7 +64,7 @@ def env(host, tiny_ckpt):
     out = host.run({"c": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_ckpt}}})
     model, clip = out["c"][:2]
     return SimpleNamespace(model=model, clip=clip, neg=clip.encode_from_tokens_scheduled(clip.tokenize("")),
-                           G=host.pack_module("nodes._guided"))
+                           G=host.pack_module("nodes.host.guided"))
 
 
 def run_method(host, tiny_ckpt, env, prompt, node, inputs, steps=5, size=128, batch=1):

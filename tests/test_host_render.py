@@ -9,7 +9,7 @@ WORDS = ["a", "checkered", "bowl", "on", "a#2", "red", "and", "blue", "table", "
 
 @pytest.fixture(scope="module")
 def render(host):
-    return host.pack_module("nodes._render")
+    return host.pack_module("nodes.host.render")
 
 
 @pytest.mark.parametrize("n", [3, 10, 12, 20])

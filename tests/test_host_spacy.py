@@ -18,7 +18,7 @@ def _needs_spacy():
 
 @pytest.fixture()
 def spacy_module(host):
-    module = host.pack_module("nodes._spacy")
+    module = host.pack_module("nodes.host.spacy_parser")
     module.english_pipelines.cache_clear()
     module.load.cache_clear()
     yield module
@@ -72,7 +72,7 @@ def test_a_pipeline_that_is_not_installed_lists_the_installed_ones(host, tiny_ck
                          "t": {"class_type": "AttentionAlignTextSelfAttention",
                                "inputs": {"clip": ["c", 1], "text": "a red car", "encoder": "auto", "gamma": 3.0}}})
     ta = graph_ta["t"][0]
-    select = host.pack_module("nodes._select")
+    select = host.pack_module("nodes.host.words")
     installed = ", ".join(spacy_module.english_pipelines())
     with pytest.raises(ValueError, match=f"^parser: 'en_core_web_xx' is not an installed English spaCy pipeline "
                                          f"with a parser; installed: {installed}$"):

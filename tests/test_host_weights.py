@@ -28,8 +28,8 @@ def env(host, tiny_ckpt):
                               "inputs": {"clip": ["c", 1], "text": PROMPT, "encoder": "auto", "gamma": 3.0}}},
                        fresh=True)
         return out["c"][0], out["c"][1], out["t"]
-    return SimpleNamespace(host=host, load=load, G=host.pack_module("nodes._guided"),
-                           T=host.pack_module("guidance.tsam"), W=host.pack_module("nodes._weights"))
+    return SimpleNamespace(host=host, load=load, G=host.pack_module("nodes.host.guided"),
+                           T=host.pack_module("guidance.tsam"), W=host.pack_module("nodes.host.weights"))
 
 
 def tsam(env, ta, strength=10.0):

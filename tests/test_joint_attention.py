@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_align.guidance.joint_attention import JointAttentionTap, JointLayout, image_text_probs
+from attention_align.guidance.attention import AttentionEdit
+from attention_align.guidance.joint_attention import JointLayout, image_text_probs
 from attention_align.guidance.text_attention import TextAttention
 from attention_align.guidance.tokens import group_sp_words
+from attention_align.nodes.host.routers import JointAttentionTap
 
 
 def test_image_text_probs_are_the_joint_softmax_block_renormalised():
@@ -141,9 +143,11 @@ def test_temperature_settings_refuse_bad_values():
         JointTemperatureSettings(until=1.5)
 
 
-class KnownEdit:
+class KnownEdit(AttentionEdit):
     """A test editor: adds a fixed bias to the image→text logits of the calls it wants, and scales the image→image
     logits of every call by ``image``."""
+
+    adds_bias = True
 
     def __init__(self, bias, image, wanted=True):
         self.b, self.image, self.wanted, self.shapes = bias, image, wanted, []
@@ -198,7 +202,7 @@ def test_regulation_on_joint_attention_restores_the_end_token_and_keeps_a_first_
     """Flux's context has no start token: column 0 is a word (here a target). The image rows get the editor's
     biased image→text logits (the editor itself is checked against the official code elsewhere) inside the joint
     softmax; after it only the end token's joint probability is put back."""
-    from attention_align.guidance.attention_patch import LayerCall
+    from attention_align.guidance.attention import LayerCall
     from attention_align.guidance.attn_regulation import RegulationSettings
 
     torch.manual_seed(8)

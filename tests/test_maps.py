@@ -1,9 +1,10 @@
 """The recorder behind ATTENTION_MAPS, fed with synthetic layer calls."""
 import pytest
 import torch
-from attention_align.guidance.attention_patch import PASS_KEY, layer_call
 from attention_align.guidance.maps import AttentionRecorder, CaptureMaps, step_of
-from attention_align.guidance.session import RunInfo, RunStamp
+from attention_align.guidance.records import RunInfo, RunStamp
+from attention_align.nodes.host.context import PASS_KEY
+from attention_align.nodes.host.routers import layer_call
 
 SCHEDULE = torch.tensor([10.0, 5.0, 2.0, 0.0])
 

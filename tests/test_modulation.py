@@ -3,22 +3,16 @@ import math
 
 import pytest
 import torch
-from attention_align.guidance.attention_patch import (
-    PASS_KEY,
-    CrossAttentionReplace,
-    attention_probs,
-    attention_scores,
-    layer_call,
-    probs_times_v,
-)
+from attention_align.guidance.attention import attention_probs, attention_scores, probs_times_v
 from attention_align.guidance.modulation import (
     CrossAttentionModulation,
     ModulationSettings,
-    SelfAttentionTemperature,
     mask_to_owner,
     modulation_bias,
     reweight,
 )
+from attention_align.nodes.host.context import PASS_KEY
+from attention_align.nodes.host.routers import CrossAttentionReplace, SelfAttentionTemperature, layer_call
 
 SCHEDULE = torch.linspace(14.0, 0.0, 21)            # a 20-step run
 

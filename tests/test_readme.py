@@ -1,6 +1,7 @@
 """README.md renders as intended: the Nodes table is one table with a row per node, the install has no placeholder."""
 import re
 
+import headless
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -18,10 +19,8 @@ def test_nodes_table_is_one_table_with_every_node():
     rows = [i for i, line in enumerate(lines) if line.startswith("|")]
     assert rows == list(range(rows[0], rows[0] + len(rows))), "a blank or text line splits the Nodes table"
     node_ids = re.findall(r"`(AttentionAlign\w+)`", "\n".join(lines[i] for i in rows))
-    registered = re.findall(r"^from \.(\w+) import", (ROOT / "nodes" / "__init__.py").read_text(), re.M)
-    defined = set(re.findall(r'node_id="(AttentionAlign\w+)"',
-                             "".join((ROOT / "nodes" / f"{m}.py").read_text() for m in registered)))
-    assert len(rows) == 2 + len(defined) and set(node_ids) == defined
+    registered = {node.node_id for node in headless.pack("nodes.registry").NODES}
+    assert len(rows) == 2 + len(registered) and set(node_ids) == registered
 
 
 def test_install_has_no_placeholder_clone():

@@ -71,7 +71,7 @@ def test_the_archive_has_the_pack_and_none_of_the_development_files():
     for needed in ("__init__.py", "pyproject.toml", "README.md", "LICENSE", "requirements.txt", "web/icon.png",
                    "web/show_tokens.js"):
         assert needed in files, needed
-    runtime = {str(p.relative_to(ROOT)) for d in ("nodes", "guidance") for p in (ROOT / d).glob("*.py")}
+    runtime = {str(p.relative_to(ROOT)) for d in ("nodes", "guidance") for p in (ROOT / d).rglob("*.py")}
     assert runtime and runtime <= set(files), sorted(runtime - set(files))
     for include in COMFY.get("includes", []):
         assert (ROOT / include).exists(), f"includes names '{include}', which does not exist"

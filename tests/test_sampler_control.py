@@ -1,7 +1,7 @@
 """The two ways a latent update survives a sampler, as pure code, driven by samplers written here in a few lines."""
 import pytest
 import torch
-from attention_align.guidance.sampler_control import chunked_function, in_place_function
+from attention_align.nodes.host.sampler_control import chunked_function, in_place_function
 
 SIGMAS = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.0])
 

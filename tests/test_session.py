@@ -2,7 +2,8 @@
 import pytest
 import torch
 from attention_align.guidance.engine import GuidanceLog
-from attention_align.guidance.session import RunBoard, RunInfo, RunStamp, Session, latent_digest, resolve_record
+from attention_align.guidance.records import RunInfo, RunStamp, latent_digest
+from attention_align.nodes.host.context import RunBoard, Session, resolve_record
 
 
 def record(node, latent, serial=1):

@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toy import judge  # noqa: E402
-from toy.judge import Detection, connected_components, detect, score  # noqa: E402
-from toy.scenes import BACKGROUND, Mention, Obj, Prompt, Scene, SceneConfig, coverage, random_scene, render_array  # noqa: E402
+from toy import judge
+from toy.judge import Detection, connected_components, detect, score
+from toy.scenes import BACKGROUND, Mention, Obj, Prompt, Scene, SceneConfig, coverage, random_scene, render_array
 
 N_SCENES = 334          # three objects each: ≥ 1000 objects per condition
 

@@ -2,13 +2,10 @@
 ComfyUI's own classes, sampled by the stock KSampler in a normal graph; bad files refused; training deterministic."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TINY_RUN = dict(vae_steps=2, vae_batch=2, vae_crop=32, vae_full_steps=1, vae_full_batch=1, pool=8, steps=3, batch=4,
                 threads=1, progress=False, log_every=1)
@@ -89,13 +86,13 @@ def test_text_encoder_uses_comfyuis_real_clip_tokenizer(loaded):
 
 
 def test_unet_has_cross_attention_at_two_levels_with_8x8_maps_at_level_16(host, loaded):
-    unet = host.pack_module("nodes._unet")
-    layers = unet.cross_attention_layers(loaded[0])
+    backend = host.pack_module("nodes.host.backend")
+    layers = backend.backend_of(loaded[0]).layers()
     by_level: dict[int, int] = {}
     for layer in layers:
         by_level[layer.level] = by_level.get(layer.level, 0) + 1
     assert by_level == {8: 3, 16: 4}
-    assert unet.map_size_at((16, 16), 16) == (8, 8)
+    assert backend.map_size_at((16, 16), 16) == (8, 8)
 
 
 def test_stock_ksampler_and_capture_run_on_it_in_a_graph(host, toy_file, loader, monkeypatch):

@@ -4,17 +4,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import comfyui, missing
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from toy import scenes  # noqa: E402
-from toy.scenes import (  # noqa: E402
+from toy import scenes
+from toy.scenes import (
     BACKGROUND,
     COLOURS,
     DEFAULT_SPLIT,

@@ -5,14 +5,12 @@ What it does not show, and the README's toy benchmark measures: that the raised 
 shows (on this model it does not; its maps do not localise its objects)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 pytestmark = pytest.mark.heavy
 SHIPPED = "attention-align/toy_shapes.safetensors"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..guidance.viz import colorbar, matrix_pixels
+from ...guidance.viz import colorbar, matrix_pixels
 
 
 def _font(size: int):

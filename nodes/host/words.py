@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from ..guidance.dependency import parse_selection
-from ..guidance.grouping import Selection, auto_groups, parse_groups, parse_subjects
-from ..guidance.text_attention import TextAttention
-from ..guidance.tokens import Word
-from ._spacy import PREFIX as SPACY_PREFIX
-from ._spacy import load as load_spacy
-from ._spacy import parser_options
+from ...guidance.dependency import parse_selection
+from ...guidance.grouping import Selection, auto_groups, parse_groups, parse_subjects
+from ...guidance.text_attention import TextAttention
+from ...guidance.tokens import Word
+from .spacy_parser import PREFIX as SPACY_PREFIX
+from .spacy_parser import load as load_spacy
+from .spacy_parser import parser_options
 
 PARSERS = parser_options()
 

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ..guidance.text_attention import text_attention_from_scores
-from ..guidance.tokens import BOS_PIECE, EMBEDDING_PIECE, EOS_PIECE, SP_EOS_PIECE
+from ...guidance.text_attention import text_attention_from_scores
+from ...guidance.tokens import BOS_PIECE, EMBEDDING_PIECE, EOS_PIECE, SP_EOS_PIECE
 
 ENCODER_KEYS = {"clip_l": "l", "clip_g": "g", "clip_h": "h", "t5xxl": "t5xxl"}
 

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..guidance.viz import combine_sizes
-from ._select import PARSERS
-from .types import TextAttentionType
+from ...guidance.viz import combine_sizes
+from ..registry import Method
+from ..types import CATEGORY, TextAttentionType
+from .words import PARSERS
+
+
+def method_schema(method: Method, *, description: str, inputs: list, outputs: list) -> io.Schema:
+    """A method node's schema: its id and name from the registry, the pack's category."""
+    return io.Schema(node_id=method.node.node_id, display_name=method.display_name, category=CATEGORY,
+                     description=description, inputs=inputs, outputs=outputs)
 
 
 def text_attention() -> io.Input:

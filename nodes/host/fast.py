@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from ..guidance.attention_patch import PASS_KEY
-from ..guidance.engine import PassMaps
-from ._gradient_pass import DetachedControl, loss_and_gradient, mutates_saved_tensors
+from ...guidance.engine import PassMaps
+from .context import PASS_KEY
+from .gradient_pass import DetachedControl, loss_and_gradient, mutates_saved_tensors
 
 
 class FastCapture:
@@ -68,13 +68,12 @@ class FastCapture:
 
 
 def calc_cond_batch_wrapper(attachment):
-    """The CALC_COND_BATCH wrapper of a fast-mode gradient guidance: at a fast guided step (the run's driver holds a
-    pending :class:`FastCapture`), the first evaluation goes through the capture; every other call as usual."""
+    """The CALC_COND_BATCH wrapper of a fast-mode gradient guidance: at a fast guided step (the run holds a pending
+    :class:`FastCapture`), the first evaluation goes through the capture; every other call as usual."""
     def wrapper(executor, model, conds, x_in, timestep, model_options):
         ctx = model_options.get("transformer_options", {}).get(PASS_KEY) or {}
         session = ctx.get("session")
-        driver = getattr(session.run_for(attachment), "driver", None) if session is not None else None
-        capture = getattr(driver, "pending", None)
+        capture = session.run_for(attachment).pending if session is not None else None
         if capture is None or capture.done or ctx.get("grad_pass"):
             return executor(model, conds, x_in, timestep, model_options)
         return capture.evaluate(executor, model, conds, x_in, timestep, model_options)

@@ -1,17 +1,12 @@
-"""The shared attn2 replace: metadata parsing, observers, identity of the output, wrapping, grad passes."""
+"""The UNet router (the attn2 replace): metadata parsing, observers, identity of the output, wrapping, grad passes."""
 import copy
 import math
 
 import pytest
 import torch
-from attention_align.guidance.attention_patch import (
-    PASS_KEY,
-    CrossAttentionReplace,
-    attention_probs,
-    layer_call,
-    positive_rows,
-    probs_times_v,
-)
+from attention_align.guidance.attention import attention_probs, positive_rows, probs_times_v
+from attention_align.nodes.host.context import PASS_KEY
+from attention_align.nodes.host.routers import CrossAttentionReplace, layer_call
 
 HEADS = 2
 
@@ -130,7 +125,8 @@ def test_half_precision_forward_gets_float32_probs_and_a_gradient(dtype):
 def test_the_router_holds_no_run_state_and_reads_the_session_of_each_run():
     """Clones deep-copy the router (ModelPatcher.clone); what it calls comes from each run's session, so two runs
     of one router (or of its copies) see only their own observers."""
-    from attention_align.guidance.session import RunInfo, Session
+    from attention_align.guidance.records import RunInfo
+    from attention_align.nodes.host.context import Session
 
     q, k, v = torch.randn(2, 16, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     rep = CrossAttentionReplace(kernel)
@@ -163,7 +159,7 @@ def test_several_positive_chunks_are_averaged_and_none_is_an_error():
 def test_per_tensor_cache_computes_once_per_object_and_forgets_dead_tensors():
     import gc
 
-    from attention_align.guidance.attention_patch import PerTensor
+    from attention_align.guidance.attention import PerTensor
 
     calls = []
     cache = PerTensor(lambda t: calls.append(1) or float(t.sum()))
@@ -179,8 +175,9 @@ def test_per_tensor_cache_computes_once_per_object_and_forgets_dead_tensors():
 def test_a_repeated_context_is_folded_to_the_prompts_own_softmax():
     """ComfyUI pads a batch's prompts to a common length by repeating them: the probabilities summed over the copies
     are exactly the softmax over the prompt itself."""
-    from attention_align.guidance.attention_patch import fold_repeats
-    from attention_align.guidance.session import RunInfo, Session
+    from attention_align.guidance.attention import fold_repeats
+    from attention_align.guidance.records import RunInfo
+    from attention_align.nodes.host.context import Session
 
     q, k = torch.randn(1, 16, 8, dtype=torch.float64), torch.randn(1, 5, 8, dtype=torch.float64)
     session = Session(RunInfo(sigmas=torch.tensor([3.5, 0.0]), context_tokens=5))

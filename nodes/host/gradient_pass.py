@@ -15,9 +15,9 @@ import comfy.samplers
 import torch
 from comfy.ldm.flux.model import Flux
 
-from ..guidance.attention_patch import PASS_KEY
-from ..guidance.engine import PassMaps, StopForward
-from ..guidance.method import GradientGuidance
+from ...guidance.engine import PassMaps, StopForward
+from ...guidance.method import GradientGuidance
+from .context import PASS_KEY
 
 
 def _detach_nested(value):

@@ -1,10 +1,10 @@
-"""One sampling run, one session: the per-run state of every method attached to a model, and the immutable records
+"""One sampling run, one run context (the session): the per-run state of every method attached to a model, and the immutable records
 a run publishes when it ends.
 
 Every feature of the pack — capturing maps, gradient guidance, attention edits — is a *method* with the same small
 interface:
 
-* **attach** (host side, ``nodes/_session.py``): on a model clone, one stateless attention router per layer and one
+* **attach** (host side, ``attach.py``): on a model clone, one stateless attention router per layer and one
   ``OUTER_SAMPLE`` wrapper (an :class:`Attachment` there) that knows the method, the layers it reads and the
   :class:`RunBoard` its records go to;
 * **begin** ``method.begin(info, layers) → MethodRun``: at the start of each sampling run the wrapper creates (or
@@ -15,62 +15,21 @@ interface:
 
 So two samplers fed by one captured or guided model each publish their own record, a later clone of the model
 (another branch, a LoRA on top) gets its own session per run, and nothing a run collects outlives it except its
-record. Pure torch: no host import.
+record. Pure torch: no ComfyUI import (so it is tested without the host).
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from .attention_patch import Editor, Observer
+from ...guidance.attention import AttentionEdit, LayerKey, Observer
+from ...guidance.records import RunInfo, RunStamp, latent_digest
 
-#: replace key of one attention layer: (block name, block number, depth index), e.g. ("input", 7, 0)
-LayerKey = tuple[str, int, int]
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a sampling run knows when it starts: its σ schedule ``[N + 1]``, the sampler's name (for logs), the
-    ComfyUI node that runs it (``node_id``/``prompt_id`` from the execution context; None outside a prompt), and the
-    positive prompt's token count (to recognise a context ComfyUI padded by repeating it)."""
-
-    sigmas: torch.Tensor
-    sampler: str = ""
-    node_id: str | None = None
-    prompt_id: str | None = None
-    context_tokens: int | None = None   # token count of the positive prompt's context (None: several lengths)
-
-    @property
-    def total_steps(self) -> int:
-        return len(self.sigmas) - 1
-
-
-@dataclass(frozen=True)
-class RunStamp:
-    """Which run a record belongs to: the sampler node, the prompt, a serial number (per board) and the digest of
-    the latent the sampler returned (:func:`latent_digest`), by which a reader finds the record of *its* latent."""
-
-    node_id: str | None
-    prompt_id: str | None
-    serial: int
-    output_digest: str
-
-    def describe(self) -> str:
-        node = f"sampler node {self.node_id}" if self.node_id is not None else "a sampler outside a prompt"
-        return f"run {self.serial} ({node})"
-
-
-def latent_digest(samples: torch.Tensor) -> str:
-    """A digest of a latent's shape and float32 values: the sampler's output and the LATENT a node downstream
-    receives give the same digest (ComfyUI only moves it to the intermediate device)."""
-    t = samples.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha1(repr(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
-    return h.hexdigest()
+#: key in ``transformer_options`` under which a sampling run carries its :class:`Session` (``{"session": …}``), and
+#: one of the pack's own model passes its per-pass settings (``grad_pass``, ``sampler_pass``, ``observers``)
+PASS_KEY = "attention_align"
 
 
 class MethodRun(Protocol):
@@ -79,7 +38,7 @@ class MethodRun(Protocol):
     #: see the positive prompt's attention probabilities in the layers the method reads (filtered by ``wants``)
     observers: tuple[Observer, ...]
     #: change cross-attention (scores/probabilities or an additive bias; filtered by ``wants``)
-    editors: tuple[Editor, ...]
+    editors: tuple[AttentionEdit, ...]
 
     def end(self, stamp: RunStamp) -> Any:
         """The immutable record of the run (maps, a guidance record, …)."""
@@ -89,6 +48,8 @@ class Method(Protocol):
     """Anything the pack attaches to a model (capture, gradient guidance, an attention edit)."""
 
     name: str
+    #: it changes the attention (an edit cannot run through another pack's opaque replace of a layer)
+    edits_attention: bool
 
     def begin(self, info: RunInfo, layers: Mapping[LayerKey, int]) -> MethodRun:
         """Fresh per-run state; ``layers`` maps each layer it was attached to to its level (image pixels per map
@@ -99,14 +60,14 @@ class Session:
     """The state of one sampling run: each attached method's :class:`MethodRun`, keyed by its attachment.
 
     Created by the outermost of the pack's ``OUTER_SAMPLE`` wrappers, placed in the run's ``transformer_options``
-    (see :data:`~.attention_patch.PASS_KEY`), dropped when the run ends.
+    (under :data:`PASS_KEY`), dropped when the run ends.
     """
 
     def __init__(self, info: RunInfo):
         self.info = info
         self._runs: dict[int, tuple[object, MethodRun]] = {}
         self.observers: tuple[Observer, ...] = ()
-        self.editors: tuple[Editor, ...] = ()
+        self.editors: tuple[AttentionEdit, ...] = ()
         self._digest: tuple[torch.Tensor, str] | None = None
 
     def add(self, attachment: object, run: MethodRun) -> None:
