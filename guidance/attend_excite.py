@@ -6,8 +6,9 @@ renormalised over tokens with a sharp softmax ``Â = softmax(100·A[..., 1:last]
 with the official 3×3 Gaussian, and ``L = max_s max(0, 1 − max_pixels(G∗Â_s))``.
 
 ``last`` is −1 in the official SD1 code and in diffusers: the softmax also covers eos and the padding tokens
-(``normalize_eot = False``, the default here). With ``normalize_eot = True`` (the official repo's SD 2.1 mode) it
-covers only the prompt's own tokens.
+(``normalize_eot = False``). With ``normalize_eot = True`` (the official repo's SD 2.1 mode, adopted after its
+authors found that padding in the softmax broke convergence; gsn-factory's ``drop_eot`` on SD3) it covers only the
+prompt's own tokens. :func:`drops_padding` says which the references use for each text encoder.
 
 On a DiT the encoder's tokens are a span ``[first, end)`` of the model's context (Flux: T5's, from 0, no bos; SD3:
 T5's after the 77 CLIP tokens, or CLIP's); the same rule applies within the span: ``A[..., first:end−1]``, or
@@ -19,6 +20,17 @@ import torch
 
 from .method import GradientGuidance
 from .smoothing import smooth_maps
+
+#: text encoders whose padding the references leave out of A&E's softmax: SD2.x's OpenCLIP-H (the official repo's
+#: SD 2.1 mode) and T5 (gsn-factory on SD3; Flux's 256-token context is mostly padding)
+PADDING_DROPPED = frozenset({"clip_h", "t5xxl"})
+
+
+def drops_padding(encoder: str) -> bool:
+    """Whether A&E's softmax leaves the padding out (``normalize_eot``) for a context from ``encoder``, as the
+    references do: the official SD1 code (and diffusers) keep it for CLIP-L, the official SD 2.1 mode drops it for
+    OpenCLIP-H, gsn-factory drops it for T5. CLIP-G (SDXL, SD3) follows CLIP-L, as no reference says otherwise."""
+    return encoder in PADDING_DROPPED
 
 
 def subject_maxima(maps: torch.Tensor, subjects: list[tuple[int, ...]], eos_index: int,

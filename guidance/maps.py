@@ -1,7 +1,7 @@
 """Recording cross-attention maps during sampling: the recorder (per run) and its immutable record (the value of
 the ``ATTENTION_MAPS`` type).
 
-:class:`CaptureMaps` is a method in the session's sense (see ``session.py``): each sampling run gets a fresh
+:class:`CaptureMaps` is a method in the session's sense (see ``nodes/host/context.py``): each sampling run gets a fresh
 :class:`AttentionRecorder`, an observer of the attention router. For every call of the layers it listens to
 (sampler passes only, never the pack's gradient passes) it takes the positive prompt's probabilities, averages the
 heads and adds them to a running mean per level (image pixels per map pixel, known from the network's structure for

@@ -208,8 +208,11 @@ def group_sp_words(pieces: list[str], eos_index: int, *, offset: int = 0) -> lis
     the model's context: 0 for Flux, after the CLIP tokens for SD3).
 
     A word starts at a piece that begins with ``▁``; punctuation is a word of its own, as CLIP's tokenizer makes
-    it (``"car,"`` → ``car``, ``,``), so ``car, bench`` names the same words on every encoder. A bare ``▁`` (before
-    a digit or a symbol) belongs to the piece after it.
+    it (``"car,"`` → ``car``, ``,``), so ``car, bench`` names the same words on every encoder. A bare ``▁`` piece —
+    T5 writes one before a word it spells from pieces that carry no ``▁`` of their own (``▁ gir af fe`` for
+    "giraffe", ``▁ 2`` for "2"), whatever piece follows, a symbol included — starts the word after it but is not one
+    of its positions: it carries none of the word's meaning (as gsn-factory, which leaves it out). A word of several
+    pieces keeps all of them; the methods take the max over a word's pieces (gsn-factory averages them).
     """
     words: list[Word] = []
     seen: dict[str, int] = {}
@@ -219,7 +222,8 @@ def group_sp_words(pieces: list[str], eos_index: int, *, offset: int = 0) -> lis
         text = normalise(sp_display([pieces[i] for i in current]))
         if text:
             seen[text] = seen.get(text, 0) + 1
-            words.append(Word(text, tuple(offset + i for i in current), seen[text]))
+            meaning = [i for i in current if pieces[i] != SP_WORD_START]              # a bare ▁ is no position
+            words.append(Word(text, tuple(offset + i for i in meaning), seen[text]))
         current.clear()
 
     for i in range(eos_index):

@@ -5,13 +5,13 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from ..guidance.attend_excite import attend_excite_guidance
+from ..guidance.attend_excite import attend_excite_guidance, drops_padding
 from .host import inputs
 from .host.words import subjects_for
 from .registry import method
 from .types import GuidanceType
 
-SOFTMAX = ["official", "normalize_eot"]
+SOFTMAX = ["auto", "official", "normalize_eot"]
 
 METHOD = method("attend_excite")
 
@@ -30,10 +30,13 @@ class AttendExciteGuidance(io.ComfyNode):
                                 tooltip="Subject words, comma-separated ('cat, dog'; a repeated word as 'dog#2'). "
                                         "Empty: the prompt's nouns, found automatically (see Show Tokens)."),
                 inputs.parser(),
-                io.Combo.Input("softmax", options=SOFTMAX, default="official",
+                io.Combo.Input("softmax", options=SOFTMAX, default="auto",
                                tooltip="official: softmax(100·A) over every token after bos, eos and padding "
                                        "included (official SD1 code, diffusers). normalize_eot: over the prompt's "
-                                       "tokens only (the official repo's SD 2.1 mode)."),
+                                       "tokens only (the official repo's SD 2.1 mode; gsn-factory on SD3). auto: "
+                                       "what the references use for the prompt's encoder: official for CLIP-L/G "
+                                       "(SD1.x, SDXL), normalize_eot for SD2.x's OpenCLIP-H and for T5 (Flux, "
+                                       "SD3), whose context is mostly padding."),
                 inputs.strength(),
                 inputs.scale_factor(20.0, "Step size α_i = scale·√(1 − 0.5·i/N) (official: 20)."),
                 inputs.guided_steps(25),
@@ -56,9 +59,12 @@ class AttendExciteGuidance(io.ComfyNode):
             raise ValueError(f"softmax: '{softmax}' is not one of {', '.join(SOFTMAX)}")
         ta = text_attention
         words, text = subjects_for(ta, subjects, parser)
+        normalize_eot = softmax == "normalize_eot" or (softmax == "auto" and drops_padding(ta.encoder))
+        text += "; softmax over " + ("the prompt's tokens (normalize_eot)" if normalize_eot else
+                                     "every token after bos, padding included (official)")
         guidance = attend_excite_guidance([w.positions for w in words], eos_index=ta.context_eos,
                                           first=ta.prompt_slice.start, end=ta.context_end,
-                                          normalize_eot=softmax == "normalize_eot",
+                                          normalize_eot=normalize_eot,
                                           strength=strength, scale=scale_factor, guided_paper_steps=guided_steps,
                                           max_iters=max_refinement_steps,
                                           level=level, context=ta.context)

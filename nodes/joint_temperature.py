@@ -27,12 +27,16 @@ class JointTemperature(io.ComfyNode):
                                        "text's pull on the image)."),
                 io.Float.Input("until", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="Applies while step/steps is below this (TACA: the first 3 of 30 steps = "
-                                       "0.1; 0 = off)."),
+                                       "0.1; 0 = off). Not used when first_steps is set."),
+                # optional: API prompts saved before this input existed stay valid (0 = the fraction above)
+                io.Int.Input("first_steps", default=0, min=0, max=1000, optional=True,
+                             tooltip="TACA's own rule: apply during the first this-many steps whatever the step "
+                                     "count (its released code: 3). 0 = use 'until' instead."),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance")],
         )
 
     @classmethod
-    def execute(cls, gamma: float, until: float) -> io.NodeOutput:
-        settings = JointTemperatureSettings(gamma=gamma, until=until)
+    def execute(cls, gamma: float, until: float, first_steps: int = 0) -> io.NodeOutput:
+        settings = JointTemperatureSettings(gamma=gamma, until=until, first_steps=first_steps)
         return io.NodeOutput(AttentionEditGuidance(name=settings.name, edit=settings, level=16))

@@ -132,8 +132,9 @@ METHODS: tuple[Method, ...] = (
     Method("joint_temperature", _node("JointTemperature", "joint_temperature", "JointTemperature",
                                       ("joint_temperature_flux", "maps"), 110),
            "Joint Attention Temperature", "edit", "joint_temperature", unet=False, text_attention=False,
-           dit_help="Joint Attention Temperature: gamma 1.2 for the first tenth of the steps (TACA's setting); no "
-                    "words to type."),
+           dit_help="Joint Attention Temperature: gamma 1.2 for the first tenth of the steps (TACA's setting at 30 "
+                    "steps; first_steps = 3 is TACA's own rule, the first 3 steps whatever the count); no words to "
+                    "type."),
 )
 
 #: every node of the pack, in the order ComfyUI's node library lists them

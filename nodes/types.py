@@ -1,4 +1,5 @@
-"""The pack's socket types. Their values are plain Python objects: from ``guidance``, and the run boards of ``host/context.py``."""
+"""The pack's socket types. Their values are plain Python objects: from ``guidance``, and the run boards of
+``host/context.py``."""
 from comfy_api.latest import io
 
 #: guidance.text_attention.TextAttention

@@ -328,7 +328,7 @@ def method_guidance(dit, clip, name, fast=False, **kw):
                 "off", 0.14, 16)
         return ta, dit.host.node_class("AttentionAlignTSAM").execute(*args, fast=fast).args[0]
     if name == "A&E":
-        args = (ta, "car, bench", "builtin", "official", kw.get("strength", 1.0), kw.get("scale", 20.0),
+        args = (ta, "car, bench", "builtin", kw.get("softmax", "official"), kw.get("strength", 1.0), kw.get("scale", 20.0),
                 kw.get("guided", 25), kw.get("refine", 0), 16)
         return ta, dit.host.node_class("AttentionAlignAttendExcite").execute(*args, fast=fast).args[0]
     args = (ta, "red car; blue bench", "builtin", kw.get("strength", 1.0), kw.get("scale", 20.0), kw.get("guided", 25),
@@ -358,18 +358,21 @@ def ta_conditioning(dit, clip):
     return dit.text.execute(clip, PROMPT, "auto", 3.0).args[2]
 
 
-def test_attend_and_excite_reads_t5s_span_of_the_context(dit):
-    """The loss by hand from the captured maps: softmax(100·A) over T5's tokens after its 77 CLIP tokens on SD3
-    (up to the last one, as the official −1), smoothed, 1 − the weaker subject's peak."""
+@pytest.mark.parametrize("softmax", ["official", "auto"])
+def test_attend_and_excite_reads_t5s_span_of_the_context(dit, softmax):
+    """The loss by hand from the captured maps: softmax(100·A) over T5's tokens after its 77 CLIP tokens on SD3 —
+    ``official``: up to the last one, as the official −1, padding included; ``auto`` on T5: the prompt's tokens only
+    (T5's first token to its ``</s>``, as gsn-factory's drop_eot) — smoothed, 1 − the weaker subject's peak."""
     from conftest import guide
 
-    ta, guidance = method_guidance(dit, dit.sd3_clip, "A&E", strength=0.0)
+    ta, guidance = method_guidance(dit, dit.sd3_clip, "A&E", strength=0.0, softmax=softmax)
+    assert guidance.objective.normalize_eot == (softmax == "auto")
     m, log = guide(dit.G, dit.mmdit, guidance)
     captured, board = dit.G.captured_model(m, 16, keep_steps=True)
     sample(captured, ta_conditioning(dit, dit.sd3_clip), encode(dit.sd3_clip, ""), cfg=3.0, steps=4)
     smooth = dit.host.pack_module("guidance.smoothing").smooth_maps
     maps = board.records[-1].steps[0].mean(16)                               # the sampler's evaluation at step 0
-    a = torch.softmax(100 * maps[:, 77:153], dim=1)
+    a = torch.softmax(100 * maps[:, 77:153 if softmax == "official" else 77 + ta.eos_index], dim=1)
     car, bench = (next(w for w in ta.words if w.text == t).positions[0] - 77 for t in ("car", "bench"))
     peaks = smooth(a[:, [car, bench]]).flatten(-2).max(-1).values
     torch.testing.assert_close(log.steps[0].loss_before, (1 - peaks).clamp_min(0).max(-1).values, rtol=1e-4,

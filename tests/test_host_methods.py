@@ -85,7 +85,7 @@ AE = dict(parser="builtin", softmax="official", strength=1.0, scale_factor=20.0,
 def test_attend_and_excite_raises_the_weakest_subject_and_refines_to_threshold_or_max(host, tiny_ckpt, env):
     guidance, tokens, log = run_method(host, tiny_ckpt, env, "a cat and a frog", "AttentionAlignAttendExcite",
                                        dict(AE, subjects="cat, frog"), batch=2)
-    assert tokens == "subjects: cat[2], frog[5]"
+    assert tokens == "subjects: cat[2], frog[5]; softmax over every token after bos, padding included (official)"
     assert guidance.objective.subjects == [(2,), (5,)]
     for rec in log.steps:
         assert torch.all(rec.loss_after <= rec.loss_before) and torch.any(rec.loss_after < rec.loss_before)
@@ -105,6 +105,10 @@ def test_attend_and_excite_softmax_modes_differ(host, tiny_ckpt, env):
     eot = run_method(host, tiny_ckpt, env, "a cat and a frog", "AttentionAlignAttendExcite",
                      dict(AE, subjects="cat", softmax="normalize_eot", max_refinement_steps=0), steps=3)[2]
     assert eot.steps[0].loss_before < official.steps[0].loss_before   # fewer tokens share the softmax
+    guidance, tokens, auto = run_method(host, tiny_ckpt, env, "a cat and a frog", "AttentionAlignAttendExcite",
+                                        dict(AE, subjects="cat", softmax="auto", max_refinement_steps=0), steps=3)
+    assert not guidance.objective.normalize_eot and tokens.endswith("(official)")  # CLIP-L: the official SD1 rule
+    assert torch.equal(auto.steps[0].loss_before, official.steps[0].loss_before)
 
 
 def test_syngen_binds_modifiers_and_its_loss_falls(host, tiny_ckpt, env):

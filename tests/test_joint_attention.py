@@ -60,11 +60,14 @@ def test_tap_observes_the_joint_call_only_and_chains_the_previous_override():
 
 
 def test_sentencepiece_words_and_positions():
-    pieces = ["▁", "a", "▁red", "▁car", ",", "▁x", "-", "ray", "▁", "2", "▁dog", "s", "▁car", "</s>", "<pad>"]
-    words = group_sp_words(pieces, 13, offset=77)
+    """A bare ▁ starts the word after it but is not one of its positions (gsn-factory leaves it out too): "a" is
+    position 78, not 77–78, "2" is 86, and T5's "giraffe" (▁ gir af fe) is its three meaningful pieces."""
+    pieces = ["▁", "a", "▁red", "▁car", ",", "▁x", "-", "ray", "▁", "2", "▁dog", "s", "▁car", "▁", "gir", "af", "fe",
+              "▁", "(", "</s>", "<pad>"]
+    words = group_sp_words(pieces, 19, offset=77)
     assert [(w.label, w.positions) for w in words] == [
-        ("a", (77, 78)), ("red", (79,)), ("car", (80,)), (",", (81,)), ("x", (82,)), ("-", (83,)), ("ray", (84,)),
-        ("2", (85, 86)), ("dogs", (87, 88)), ("car#2", (89,))]
+        ("a", (78,)), ("red", (79,)), ("car", (80,)), (",", (81,)), ("x", (82,)), ("-", (83,)), ("ray", (84,)),
+        ("2", (86,)), ("dogs", (87, 88)), ("car#2", (89,)), ("giraffe", (91, 92, 93)), ("(", (95,))]
 
 
 def test_t5_text_attention_starts_at_zero_and_sits_at_its_offset():
@@ -141,6 +144,30 @@ def test_temperature_settings_refuse_bad_values():
         JointTemperatureSettings(gamma=0)
     with pytest.raises(ValueError, match="until: 1.5 is not a phase"):
         JointTemperatureSettings(until=1.5)
+    with pytest.raises(ValueError, match="first_steps: -1 is not allowed; it must be a whole number ≥ 0"):
+        JointTemperatureSettings(first_steps=-1)
+
+
+@pytest.mark.parametrize("total", [20, 30, 50])
+def test_temperature_window_by_fraction_or_by_tacas_step_count(total):
+    """TACA's released code scales during its first 3 denoising steps whatever the step count; the fraction 0.1
+    gives 2 of 20, 3 of 30, 5 of 50 steps. Every evaluation of a step counts, a solver's intermediate σ included."""
+    from attention_align.guidance.attention import LayerCall
+    from attention_align.guidance.joint_temperature import JointTemperatureSettings
+
+    schedule = torch.linspace(1.0, 0.0, total + 1)
+
+    def scaled(settings, sigma):
+        call = LayerCall(block=("double", 0), depth=0, size=(2, 2), latent_size=(4, 4), cond_or_uncond=(0,),
+                         sigma=float(sigma), sample_sigmas=schedule, grad_pass=False)
+        return settings.for_run().text_scale(call) != 1.0
+
+    steps = [s for s in range(total) if scaled(JointTemperatureSettings(first_steps=3), schedule[s])]
+    assert steps == [0, 1, 2]
+    assert scaled(JointTemperatureSettings(first_steps=3), (schedule[2] + schedule[3]) / 2)      # inside step 2
+    assert not scaled(JointTemperatureSettings(first_steps=3), (schedule[3] + schedule[4]) / 2)  # inside step 3
+    by_fraction = [s for s in range(total) if scaled(JointTemperatureSettings(), schedule[s])]
+    assert by_fraction == list(range({20: 2, 30: 3, 50: 5}[total]))
 
 
 class KnownEdit(AttentionEdit):

@@ -297,7 +297,7 @@ class JointAttentionTap:
     ``previous``: the override that was in the options before (another pack's), which then computes the output, as
     the host's kernel ``func`` does otherwise. ``text_scale`` ≠ 1 edits the joint call: its image→text logits are
     multiplied by it (``joint_temperature.py``); observers then see the edited ``P``. ``editors`` (with ``call``,
-    the block call's :class:`~.attention_patch.LayerCall`) edit the image rows explicitly (:meth:`_edited`).
+    the block call's :class:`~...guidance.attention.LayerCall`) edit the image rows explicitly (:meth:`_edited`).
     ``observe`` may be None (an edit alone). Holds no state beyond the one call it was made for.
     """
 
@@ -395,8 +395,9 @@ class JointAttentionTap:
 
 # -- UNet self-attention --------------------------------------------------------------------------------------------
 class SelfAttentionTemperature:
-    """Attention Modulation's attn1 replace: ``softmax(q kᵀ/(τ√d))`` while the phase is below ``temperature_until`` (q scaled by 1/τ);
-    otherwise the host kernel (or another pack's replace) on the untouched inputs."""
+    """Attention Modulation's attn1 replace: ``softmax(q kᵀ/(τ√d))`` while the phase is below
+    ``temperature_until`` (q scaled by 1/τ); otherwise the host kernel (or another pack's replace) on the untouched
+    inputs."""
 
     is_attention_align_replace = True
 
