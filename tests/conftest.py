@@ -130,6 +130,6 @@ class LatestRecord:
 
 
 def guide(G, model, guidance, **kwargs):
-    """``nodes._guided.guided_model`` with the board wrapped in :class:`LatestRecord`."""
+    """``nodes.host.guided.guided_model`` with the board wrapped in :class:`LatestRecord`."""
     m, board = G.guided_model(model, guidance, **kwargs)
     return m, LatestRecord(board)
