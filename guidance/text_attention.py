@@ -38,6 +38,20 @@ def tsam_target(mean_attention: torch.Tensor, eos_index: int, *, gamma: float = 
     return t / (t.sum(dim=-1, keepdim=True) + 1e-7)
 
 
+@dataclass(frozen=True)
+class TwinSpan:
+    """The context's other text encoder where the model reads two (SD3: CLIP-L/G's 77 tokens, then T5's): which it
+    is, its words (positions in the model's context) and its prompt's span there, ``[first, eos)``, in the window
+    that ends at ``end``. Methods that read both encoders' maps of a word (gsn-factory's ``average_t5_clip``) take
+    the word's positions in this span from here."""
+
+    encoder: str
+    words: tuple[Word, ...]
+    first: int
+    eos: int
+    end: int
+
+
 @dataclass
 class TextAttention:
     """What the text self-attention node hands downstream (the ``TEXT_ATTENTION`` type).
@@ -57,6 +71,7 @@ class TextAttention:
     context: torch.Tensor | None = None  # the encoded prompt [1, T, C] this attention came from (CPU, float32)
     embeddings: list[tuple[str, int]] = field(default_factory=list)  # (name, vectors) of embeddings, in order
     offset: int = 0                   # position of this encoder's token 0 in the model's context
+    twin: TwinSpan | None = None      # the other encoder's words where the context holds two (SD3), else None
     eos_index: int = field(init=False)
     words: list[Word] = field(init=False)
 

@@ -12,6 +12,7 @@ from .host.clip import (
     encoder_for,
     prompt_token_count,
     record_text_attention,
+    twin_span,
 )
 from .host.render import matrix_tile
 from .types import CATEGORY, TextAttentionType
@@ -76,7 +77,8 @@ class TextSelfAttention(io.ComfyNode):
         offset = context.shape[1] - len(chunks[0]) if name == "t5xxl" else 0
         result = TextAttention(encoder=name, prompt=text, probs=torch.stack(recorded), pieces=pieces,
                                token_ids=ids, gamma=gamma, context=context, offset=offset,
-                               embeddings=[] if name == "t5xxl" else embedding_counts(clip, name, text))
+                               embeddings=[] if name == "t5xxl" else embedding_counts(clip, name, text),
+                               twin=twin_span(clip, tokens, name, text, context.shape[1]))
         image = matrix_tile(result.target(), result.prompt_labels, (512, 512),
                             f"T = text self-attention^{gamma:g} ({name})", lower_only=result.causal)
         return io.NodeOutput(result, image[None], conditioning)

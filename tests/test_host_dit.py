@@ -177,6 +177,22 @@ def test_sd3_words_sit_after_the_clip_tokens(dit):
     with pytest.raises(ValueError, match="Flux.*t5xxl or auto"):
         dit.text.execute(dit.flux_clip, PROMPT, "clip_l", 3.0)
 
+def test_sd3_text_attention_knows_the_other_encoders_words(dit):
+    """On SD3 the context is CLIP-L/G's 77 tokens then T5's: reading either, the text attention also carries the
+    other encoder's words at their own context positions (CLIP-L's from its tokenizer, bos at 0; T5's after the
+    CLIP window). Flux's context is T5 alone: no twin."""
+    t5 = dit.text.execute(dit.sd3_clip, PROMPT, "auto", 3.0).args[0]
+    clip = dit.text.execute(dit.sd3_clip, PROMPT, "clip_l", 3.0).args[0]
+    assert t5.encoder == "t5xxl" and t5.twin.encoder == "clip_l" and clip.twin.encoder == "t5xxl"
+    assert [w.label for w in t5.twin.words] == [w.label for w in clip.words] == [w.label for w in t5.words]
+    assert [w.positions for w in t5.twin.words] == [w.positions for w in clip.words]      # CLIP-L's own reading
+    assert [w.positions for w in clip.twin.words] == [w.positions for w in t5.words]      # T5's own reading
+    assert (t5.twin.first, t5.twin.eos, t5.twin.end) == (1, clip.eos_index, 77)
+    assert (clip.twin.first, clip.twin.eos, clip.twin.end) == (t5.prompt_slice.start, t5.context_eos,
+                                                               t5.context_end)
+    assert dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args[0].twin is None
+
+
 
 @pytest.mark.parametrize("kind", ["flux", "mmdit"])
 def test_visualize_draws_the_words_from_their_context_positions(dit, kind):

@@ -11,8 +11,17 @@ from contextlib import contextmanager
 
 import torch
 
-from ...guidance.text_attention import text_attention_from_scores
-from ...guidance.tokens import BOS_PIECE, EMBEDDING_PIECE, EOS_PIECE, SP_EOS_PIECE
+from ...guidance.text_attention import TwinSpan, text_attention_from_scores
+from ...guidance.tokens import (
+    BOS_PIECE,
+    EMBEDDING_PIECE,
+    EOS_PIECE,
+    SP_EOS_PIECE,
+    find_eos,
+    find_sp_eos,
+    group_sp_words,
+    group_words,
+)
 
 ENCODER_KEYS = {"clip_l": "l", "clip_g": "g", "clip_h": "h", "t5xxl": "t5xxl"}
 
@@ -39,6 +48,25 @@ def encoder_for(clip, tokens: dict, choice: str, input_name: str = "encoder") ->
         raise ValueError(f"{input_name}: with this CLIP (Flux) the model reads T5's tokens only; {choice} gives just "
                          "the pooled vector, so its tokens have no maps. Use t5xxl or auto.")
     return choice
+
+
+def twin_span(clip, tokens: dict, encoder: str, text: str, context_tokens: int) -> TwinSpan | None:
+    """The other encoder of a context made of CLIP-L/G's 77 tokens followed by T5's (SD3), when ``encoder`` is one of
+    them: T5's words after the CLIP window when reading CLIP, CLIP-L's words (bos at 0) when reading T5. None where
+    the context holds one encoder's tokens (SD1.x, SD2.x, SDXL; Flux, whose CLIP-L only gives a pooled vector)."""
+    if "t5xxl" not in tokens or "l" not in tokens or t5_only_context(clip, tokens) \
+            or getattr(clip.cond_stage_model, "clip_l", None) is None:
+        return None
+    if encoder == "t5xxl":
+        pieces, _ = decode_chunk(clip, "clip_l", tokens["l"][0])
+        eos = find_eos(pieces)
+        return TwinSpan("clip_l", tuple(group_words(pieces, eos, embedding_counts(clip, "clip_l", text))), 1, eos,
+                        len(pieces))
+    pieces, _ = decode_chunk(clip, "t5xxl", tokens["t5xxl"][0])
+    offset = context_tokens - len(pieces)
+    eos = find_sp_eos(pieces)
+    return TwinSpan("t5xxl", tuple(group_sp_words(pieces, eos, offset=offset)), offset, offset + eos,
+                    offset + len(pieces))
 
 
 def decode_chunk(clip, encoder: str, chunk: list) -> tuple[list[str], list[int | None]]:
