@@ -28,6 +28,25 @@ class Objective(Protocol):
         """maps ``[B, T, h, w]`` (head- and layer-averaged probabilities) → loss per sample ``[B]``."""
 
 
+class MeanObjective:
+    """The mean of several objectives' losses on the same maps: a method read through both text encoders of a
+    context that holds two (SD3: CLIP-L/G's tokens, then T5's), each objective on its own encoder's tokens —
+    gsn-factory's rule when it does not average the maps (``average_t5_clip = False``: ``(loss_clip + loss_t5) / 2``).
+    The first objective's prompt is the one checked against the sampler's."""
+
+    def __init__(self, objectives: list[Objective]):
+        if len(objectives) < 2 or len({o.level for o in objectives}) != 1:
+            raise ValueError("MeanObjective needs at least two objectives at one level")
+        self.objectives = list(objectives)
+        self.name, self.level = objectives[0].name, objectives[0].level
+        self.min_map_side = max(o.min_map_side for o in objectives)
+        self.context = objectives[0].context
+
+    def loss(self, maps: torch.Tensor) -> torch.Tensor:
+        """maps ``[B, T, h, w]`` → ``mean_k L_k(maps)`` ``[B]``."""
+        return torch.stack([o.loss(maps) for o in self.objectives]).mean(dim=0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GradientGuidance:
     """An objective with the paper's 50-step schedule; :meth:`plan` scales it to a run."""

@@ -5,9 +5,11 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from ..guidance.attend_excite import attend_excite_guidance, drops_padding
+from ..guidance.attend_excite import AttendExciteObjective, attend_excite_guidance, drops_padding
+from ..guidance.grouping import Selection
+from ..guidance.method import MeanObjective
 from .host import inputs
-from .host.words import subjects_for
+from .host.words import in_twin, subjects_for
 from .registry import method
 from .types import GuidanceType
 
@@ -46,6 +48,7 @@ class AttendExciteGuidance(io.ComfyNode):
                 inputs.level(),
                 inputs.fast(),
                 inputs.dit_blocks(),
+                inputs.encoders(),
             ],
             outputs=[GuidanceType.Output("guidance", display_name="guidance"),
                      io.String.Output("tokens", display_name="tokens", tooltip="The subjects and their tokens.")],
@@ -54,12 +57,17 @@ class AttendExciteGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, text_attention, subjects: str, parser: str, softmax: str, strength: float, scale_factor: float,
                 guided_steps: int, max_refinement_steps: int, level: int,
-                fast: bool = False, dit_blocks: str = "all") -> io.NodeOutput:
+                fast: bool = False, dit_blocks: str = "all", encoders: str = "text_attention") -> io.NodeOutput:
         if softmax not in SOFTMAX:
             raise ValueError(f"softmax: '{softmax}' is not one of {', '.join(SOFTMAX)}")
         ta = text_attention
+        both = inputs.wants_both_encoders(encoders, ta)
         words, text = subjects_for(ta, subjects, parser)
-        normalize_eot = softmax == "normalize_eot" or (softmax == "auto" and drops_padding(ta.encoder))
+
+        def drops(encoder: str) -> bool:
+            return softmax == "normalize_eot" or (softmax == "auto" and drops_padding(encoder))
+
+        normalize_eot = drops(ta.encoder)
         text += "; softmax over " + ("the prompt's tokens (normalize_eot)" if normalize_eot else
                                      "every token after bos, padding included (official)")
         guidance = attend_excite_guidance([w.positions for w in words], eos_index=ta.context_eos,
@@ -68,5 +76,13 @@ class AttendExciteGuidance(io.ComfyNode):
                                           strength=strength, scale=scale_factor, guided_paper_steps=guided_steps,
                                           max_iters=max_refinement_steps,
                                           level=level, context=ta.context)
+        if both:                                       # the same subjects on the other encoder's tokens, loss averaged
+            twin, twin_words = ta.twin, in_twin(ta, words, "subjects")
+            other = AttendExciteObjective([w.positions for w in twin_words], eos_index=twin.eos,
+                                          normalize_eot=drops(twin.encoder), level=level, first=twin.first,
+                                          end=twin.end)
+            guidance = dataclasses.replace(guidance, objective=MeanObjective([guidance.objective, other]))
+            text += f"\nand on {twin.encoder}'s tokens, loss averaged: " + Selection(twin_words, []).subjects_text() + \
+                "; softmax over " + ("its prompt's tokens" if drops(twin.encoder) else "every token after bos")
         guidance = dataclasses.replace(guidance, fast=fast, dit_blocks=inputs.check_dit_blocks(dit_blocks))
         return io.NodeOutput(guidance, text)

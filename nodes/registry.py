@@ -71,7 +71,8 @@ class Method:
     example: Example | None = None
     words_help: str = ""
     steps_help: str = ""
-    dit_help: str = ""                           # how an edit runs on a DiT (gradient methods share one sentence)
+    dit_help: str = ""                           # how it runs on a DiT (gradient methods also share one sentence)
+    settings_help: str = ""                      # a default the Notes spell out (every family)
 
 
 def _node(node_id: str, module: str, class_name: str, picture: tuple[str, str], height: int = 200) -> Node:
@@ -96,7 +97,12 @@ METHODS: tuple[Method, ...] = (
            words_help="Words: your prompt in Text Self-Attention; in Attend-and-Excite the subjects that must appear, "
                       "comma-separated words of the prompt ('cat, frog'), or empty for its nouns. Show Tokens shows "
                       "what they resolve to before you sample.",
-           steps_help="50 (the papers' schedule; fewer are scaled)"),
+           steps_help="50 (the papers' schedule; fewer are scaled)",
+           settings_help="Softmax: auto (the default) keeps the padding in A&E's softmax for CLIP-L/G, as the official "
+                         "SD1 code, and leaves it out for T5 (Flux, SD3) and SD2.x's OpenCLIP-H, as the references "
+                         "do; the tokens output says which ran.",
+           dit_help="On SD3, encoders = both averages the loss on T5's and CLIP-L's tokens of the subjects (the "
+                    "default reads T5's alone)."),
     Method("syngen", _node("SynGen", "syngen", "SynGenGuidance", ("syngen_toy", "maps"), 222), "SynGen Guidance",
            "gradient", "syngen", word_input="groups", word_field="groups", sweep="strength", fast=True,
            example=Example("a checkered bowl on a red and blue table", 1924,
@@ -104,7 +110,9 @@ METHODS: tuple[Method, ...] = (
            words_help="Words: your prompt in Text Self-Attention; in SynGen the groups, modifiers then noun, ';' "
                       "between groups ('checkered bowl; red and blue table'), or empty to find them (see Show "
                       "Tokens).",
-           steps_help="50 (the papers' schedule; fewer are scaled)"),
+           steps_help="50 (the papers' schedule; fewer are scaled)",
+           dit_help="On SD3, encoders = both averages the loss on T5's and CLIP-L's tokens of the groups (the default "
+                    "reads T5's alone)."),
     Method("attention_regulation", _node("AttentionRegulation", "attn_regulation", "AttentionRegulationGuidance",
                                          ("attention_regulation_toy", "maps"), 246),
            "Attention Regulation", "edit", "attention_regulation", word_input="targets", word_field="subjects",

@@ -269,12 +269,19 @@ WORKFLOWS = {**{f"{graph}_{family}.json": (graph, family) for graph in MAKERS fo
              **{f"{graph}_{family}.json": (graph, family) for graph in DIT_MAKERS for family in DIT}}
 
 
+def _settings(graph: str) -> str:
+    """What the method's Note says of its defaults where a reader may need it (a sentence after the words)."""
+    m = next((m for m in REGISTRY.METHODS if m.graph == graph), None)
+    return f" {m.settings_help}" if m is not None and m.settings_help else ""
+
+
 def _dit_method_note(graph: str) -> str:
     """The method's paragraph in a DiT workflow's Note: what to type, and how it runs on a DiT."""
     m = next((m for m in REGISTRY.METHODS if m.graph == graph), None)
     if m is None:
         return ""
-    parts = [m.words_help if m.unet else "", m.dit_help or (GRADIENT_DIT_HELP if m.kind == "gradient" else "")]
+    parts = [m.words_help if m.unet else "", m.settings_help, GRADIENT_DIT_HELP if m.kind == "gradient" else "",
+             m.dit_help]
     return "\n\n" + " ".join(p for p in parts if p)
 
 
@@ -296,7 +303,7 @@ def note_text(graph: str, family: str) -> str:
                 f"Load Toy Model: attention-align/toy_shapes.safetensors. Empty Latent Image: 128×128 (its size). "
                 f"Level: {TOY_LEVEL} (its 8×8 maps). Steps: {TOY_STEPS}.\n"
                 f"For real checkpoints open {graph}_sd15.json or {graph}_sdxl.json.\n\n"
-                f"{WORDS[graph]} Type shapes and colours the toy model knows.")
+                f"{WORDS[graph]} Type shapes and colours the toy model knows." + _settings(graph))
     f, other = FAMILIES[family], next(v for k, v in FAMILIES.items() if k not in (family, "toy"))
     other_file = f"{graph}_{next(k for k in FAMILIES if k not in (family, 'toy'))}.json"
     return (f"Set up for {f['name']}.\n\n"
@@ -305,7 +312,7 @@ def note_text(graph: str, family: str) -> str:
             f"level 32 then gives maps of size/32).\n"
             f"Steps: {STEPS[graph]}.\n"
             f"For {other['name']} open {other_file} instead ({other['size']}×{other['size']}, {other['ckpt']}).\n\n"
-            f"{WORDS[graph]}\n\n"
+            f"{WORDS[graph]}{_settings(graph)}\n\n"
             "To try a graph without any checkpoint, open its _toy.json twin (the pack's own small model).")
 
 

@@ -49,3 +49,19 @@ def test_readme_links_every_page():
     readme = (ROOT / "README.md").read_text()
     for node_id in NODE_IDS:
         assert f"](web/docs/{node_id}.md)" in readme, node_id
+
+
+def _note(path) -> str:
+    import json
+
+    return next(n["widgets_values"][0] for n in json.loads(path.read_text())["nodes"] if n["type"] == "Note")
+
+
+def test_the_workflows_notes_say_the_defaults_a_user_may_need():
+    """The example workflows' Notes name the defaults that differ by model: A&E's softmax (auto: padding kept for
+    CLIP, left out for T5), on DiTs what encoders = both does, and the joint temperature's step rule."""
+    flows = ROOT / "example_workflows"
+    assert all("Softmax: auto" in _note(p) for p in flows.glob("attend_and_excite_*.json"))
+    for stem in ("attend_and_excite", "syngen"):
+        assert all("encoders = both" in _note(flows / f"{stem}_{family}.json") for family in ("flux", "sd35"))
+    assert all("first_steps = 3" in _note(p) for p in flows.glob("joint_temperature_*.json"))

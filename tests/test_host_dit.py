@@ -395,6 +395,50 @@ def test_attend_and_excite_reads_t5s_span_of_the_context(dit, softmax):
                                atol=1e-5)
 
 
+def test_both_encoders_on_sd3_average_the_loss_on_clips_and_t5s_tokens(dit):
+    """encoders = both on SD3: the loss is the mean of the loss on T5's tokens of the words and on CLIP-L's tokens of
+    the same words, each computed by hand from the captured maps with its own encoder's softmax (auto: T5 without its
+    padding, CLIP-L with it, as the official SD1 code) — for A&E; SynGen the same with its own loss. On Flux, whose
+    context is T5 alone, both is refused."""
+    from conftest import guide
+
+    smooth = dit.host.pack_module("guidance.smoothing").smooth_maps
+    syngen_loss = dit.host.pack_module("guidance.syngen").syngen_loss
+    ta = dit.text.execute(dit.sd3_clip, PROMPT, "auto", 3.0).args[0]
+    ae = dit.host.node_class("AttentionAlignAttendExcite").execute(
+        ta, "car, bench", "builtin", "auto", 0.0, 20.0, 25, 0, 16, encoders="both").args
+    sg = dit.host.node_class("AttentionAlignSynGen").execute(
+        ta, "red car; blue bench", "builtin", 0.0, 20.0, 25, 16, encoders="both").args
+    assert "and on clip_l's tokens, loss averaged: car[3], bench[7]" in ae[1]
+    logs = []
+    for guidance in (ae[0], sg[0]):
+        m, log = guide(dit.G, dit.mmdit, guidance)
+        captured, board = dit.G.captured_model(m, 16, keep_steps=True)
+        sample(captured, ta_conditioning(dit, dit.sd3_clip), encode(dit.sd3_clip, ""), cfg=3.0, steps=4)
+        logs.append((log, board.records[-1].steps[0].mean(16)))
+    (ae_log, maps), (sg_log, sg_maps) = logs
+
+    def ae_loss(span: slice, positions):
+        a = torch.softmax(100 * maps[:, span], dim=1)
+        peaks = smooth(a[:, [p - span.start for p in positions]]).flatten(-2).max(-1).values
+        return (1 - peaks).clamp_min(0).max(-1).values
+
+    t5 = {w.text: w.positions[0] for w in ta.words}
+    clip = {w.text: w.positions[0] for w in ta.twin.words}
+    by_hand = (ae_loss(slice(77, 77 + ta.eos_index), [t5["car"], t5["bench"]]) +
+               ae_loss(slice(1, 76), [clip["car"], clip["bench"]])) / 2
+    torch.testing.assert_close(ae_log.steps[0].loss_before, by_hand, rtol=1e-4, atol=1e-5)
+    t5_groups = [[(t5["red"],), (t5["car"],)], [(t5["blue"],), (t5["bench"],)]]
+    clip_groups = [[(clip["red"],), (clip["car"],)], [(clip["blue"],), (clip["bench"],)]]
+    by_hand = (syngen_loss(sg_maps, t5_groups, list(range(77, 77 + ta.eos_index))) +
+               syngen_loss(sg_maps, clip_groups, list(range(1, ta.twin.eos)))) / 2
+    torch.testing.assert_close(sg_log.steps[0].loss_before, by_hand, rtol=1e-4, atol=1e-5)
+    flux_ta = dit.text.execute(dit.flux_clip, PROMPT, "auto", 3.0).args[0]
+    with pytest.raises(ValueError, match="encoders: 'both' needs a context made of two text encoders' tokens"):
+        dit.host.node_class("AttentionAlignAttendExcite").execute(
+            flux_ta, "car, bench", "builtin", "auto", 1.0, 20.0, 25, 0, 16, encoders="both")
+
+
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "heun", "euler_ancestral", "uni_pc"])
 def test_dit_update_persists_and_strength_zero_is_stock(dit, sampler):
     """As on UNets: with guidance at step 0 only, the result is the stock sampler restarted from the updated latent

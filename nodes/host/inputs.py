@@ -97,6 +97,30 @@ def dit_blocks(*, edit: bool = False) -> io.Input:
     return io.Combo.Input("dit_blocks", options=list(DIT_BLOCKS), default="all", optional=True, tooltip=tooltip)
 
 
+ENCODERS = ("text_attention", "both")
+
+
+def encoders() -> io.Input:
+    # optional: API prompts saved before this input existed stay valid (text_attention = what they did)
+    return io.Combo.Input("encoders", options=list(ENCODERS), default="text_attention", optional=True,
+                          tooltip="SD3 only, whose context holds CLIP-L/G's tokens, then T5's. text_attention: the "
+                                  "loss reads the tokens of the encoder Text Self-Attention read (T5 with encoder = "
+                                  "auto, CLIP-L with clip_l). both: the mean of the loss on each encoder's own "
+                                  "tokens of the same words (gsn-factory's rule when it does not average the maps).")
+
+
+def wants_both_encoders(value: str, text_attention) -> bool:
+    """Whether an ``encoders`` input asks for both encoders; refuses a value it does not know, and ``both`` where the
+    context holds one encoder's tokens."""
+    if value not in ENCODERS:
+        raise ValueError(f"encoders: '{value}' is not one of {', '.join(ENCODERS)}")
+    if value == "both" and text_attention.twin is None:
+        raise ValueError(f"encoders: 'both' needs a context made of two text encoders' tokens (SD3: CLIP-L/G's, "
+                         f"then T5's); this prompt's context holds {text_attention.encoder}'s only. Use "
+                         "text_attention.")
+    return value == "both"
+
+
 def check_dit_blocks(value: str) -> str:
     if value not in DIT_BLOCKS:
         raise ValueError(f"dit_blocks: '{value}' is not one of {', '.join(DIT_BLOCKS)}")

@@ -29,6 +29,17 @@ def automatic(ta: TextAttention, parser: str) -> Selection:
     raise ValueError(f"parser: '{parser}' is not one of {', '.join(PARSERS)}")
 
 
+def in_twin(ta: TextAttention, words: list[Word], input_name: str) -> list[Word]:
+    """The same words in the context's other encoder (``ta.twin``, SD3), matched by label (text and occurrence)."""
+    by_label = {w.label: w for w in ta.twin.words}
+    missing = [w.label for w in words if w.label not in by_label]
+    if missing:
+        raise ValueError(f"{input_name}: {', '.join(missing)} is not a word of {ta.twin.encoder}'s reading of the "
+                         f"prompt (its words: {', '.join(w.label for w in ta.twin.words)}); use encoders = "
+                         "text_attention")
+    return [by_label[w.label] for w in words]
+
+
 def subjects_for(ta: TextAttention, spec: str, parser: str, input_name: str = "subjects") -> tuple[list[Word], str]:
     """Attend-and-Excite subjects (or Attention Regulation's targets) and a description of them; errors and the
     description name ``input_name``."""
