@@ -89,7 +89,7 @@ METHODS: tuple[Method, ...] = (
                       "else to type.",
            steps_help="50 (the papers' schedule; fewer are scaled)"),
     Method("attend_excite", _node("AttendExcite", "attend_excite", "AttendExciteGuidance",
-                                  ("attend_and_excite_toy", "maps"), 270),
+                                  ("attend_and_excite_toy", "maps"), 294),
            "Attend-and-Excite Guidance", "gradient", "attend_and_excite", word_input="subjects",
            word_field="subjects", sweep="strength", fast=True, refine_off=("max_refinement_steps", 0),
            example=Example("a cat and a frog", 42, words="cat, frog",
@@ -103,7 +103,7 @@ METHODS: tuple[Method, ...] = (
                          "do; the tokens output says which ran.",
            dit_help="On SD3, encoders = both averages the loss on T5's and CLIP-L's tokens of the subjects (the "
                     "default reads T5's alone)."),
-    Method("syngen", _node("SynGen", "syngen", "SynGenGuidance", ("syngen_toy", "maps"), 222), "SynGen Guidance",
+    Method("syngen", _node("SynGen", "syngen", "SynGenGuidance", ("syngen_toy", "maps"), 246), "SynGen Guidance",
            "gradient", "syngen", word_input="groups", word_field="groups", sweep="strength", fast=True,
            example=Example("a checkered bowl on a red and blue table", 1924,
                            toy=("a white circle next to a red square", "white circle; red square")),
