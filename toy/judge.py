@@ -381,3 +381,20 @@ def score(detections: Sequence[Detection], prompt: Prompt | Sequence[Mention]) -
     present = tuple(d is not None for d in matched)
     bound = tuple(d is not None and (m.colour is None or d.colour == m.colour) for d, m in zip(matched, mentions))
     return Score(present=present, bound=bound, extra=tuple(detections[i] for i in free), matched=tuple(matched))
+
+
+def round_trip_accuracy(round_trip, *, config, count: int, seed: int) -> dict:
+    """How well an image path keeps scenes readable: ``count`` random scenes of ``config`` (any combination,
+    held-out ones included; generator seeded by ``[seed, 5]``) through ``round_trip`` (uint8 ``[H, W, 3]`` → uint8
+    ``[H, W, 3]``, e.g. a VAE's encode then decode), then judged against their own objects. Returns the share of
+    objects found with the right shape and colour, and of scenes read entirely right (nothing missing or extra)."""
+    from .scenes import random_scene, render_array
+
+    rng = np.random.default_rng([seed, 5])
+    right = objects = whole = 0
+    for _ in range(count):
+        scene = random_scene(rng, config=config)
+        img = round_trip(render_array(scene))
+        s = score(detect(img, image_size=config.image_size), [Mention(o.shape, o.colour) for o in scene.objects])
+        right, objects, whole = right + sum(s.bound), objects + len(scene.objects), whole + bool(s.correct)
+    return {"objects_right": right / objects, "scenes_right": whole / count, "scenes": count}

@@ -200,6 +200,7 @@ class Split:
         ("purple", "cross"), ("orange", "heart"), ("white", "circle")})
     shape_pairs: frozenset[frozenset[str]] = frozenset({
         frozenset({"circle", "star"}), frozenset({"square", "heart"}), frozenset({"triangle", "cross"})})
+    object_pairs: frozenset[frozenset[tuple[str, str]]] = frozenset()
 
     def __post_init__(self) -> None:
         for colour, shape in self.colour_shapes:
@@ -210,6 +211,13 @@ class Split:
                 raise ValueError(f"a held-out shape pair must name two different shapes, got {sorted(pair)}")
             for shape in pair:
                 _check_choice("held-out pair shape", shape, SHAPES)
+        for pair in self.object_pairs:
+            if len(pair) != 2 or len({shape for _c, shape in pair}) != 2:
+                raise ValueError(f"a held-out object pair must name two (colour, shape) objects of different shapes, "
+                                 f"got {sorted(pair)}")
+            for colour, shape in pair:
+                _check_choice("held-out object colour", colour, COLOURS)
+                _check_choice("held-out object shape", shape, SHAPES)
 
     def unseen_reasons(self, mentions: Sequence[Mention]) -> list[str]:
         """Which held-out kinds the combination contains: "colour-shape", "shape-pair" (empty: seen in training)."""
@@ -218,6 +226,9 @@ class Split:
             reasons.append("colour-shape")
         if any(frozenset({a.shape, b.shape}) in self.shape_pairs for a, b in itertools.combinations(mentions, 2)):
             reasons.append("shape-pair")
+        if any(frozenset({(a.colour, a.shape), (b.colour, b.shape)}) in self.object_pairs
+               for a, b in itertools.combinations(mentions, 2)):
+            reasons.append("object-pair")
         return reasons
 
     def allowed_colours(self, shape: str) -> list[str]:
@@ -226,6 +237,23 @@ class Split:
 
 
 DEFAULT_SPLIT = Split()
+
+
+def held_out_object_pairs(*, fraction: float, seed: int = 0) -> frozenset[frozenset[tuple[str, str]]]:
+    """A share ``fraction`` of all unordered pairs of coloured objects with different shapes (15 shape pairs × 49
+    colour pairs = 735), drawn without replacement by a generator seeded by ``[seed, 24]``."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    pairs = [frozenset({(ca, sa), (cb, sb)}) for sa, sb in itertools.combinations(SHAPES, 2)
+             for ca in COLOURS for cb in COLOURS]
+    rng = np.random.default_rng([seed, 24])
+    return frozenset(pairs[i] for i in rng.choice(len(pairs), size=round(fraction * len(pairs)), replace=False))
+
+
+#: The toy model v2's split, which mirrors where SD fails: every colour–shape pair is drawn in training (alone and
+#: with other objects), and a quarter of the pairs of coloured objects (184 of 735) never share a training scene.
+#: Evaluation prompts combine objects that each were drawn in training, in combinations that never were.
+SPLIT_V2 = Split(colour_shapes=frozenset(), shape_pairs=frozenset(), object_pairs=held_out_object_pairs(fraction=0.25))
 
 
 # ----------------------------------------------------------------------------------------------------- captions
@@ -392,11 +420,14 @@ def _training_combination(rng: np.random.Generator, config: SceneConfig) -> tupl
     count = int(rng.choice(np.arange(1, MAX_OBJECTS + 1), p=weights / weights.sum()))
     split = config.split
     while True:
-        shapes = [str(s) for s in rng.choice(SHAPES, size=count, replace=False)]
-        if not any(frozenset(p) in split.shape_pairs for p in itertools.combinations(shapes, 2)):
-            break
-    colours = [str(rng.choice(split.allowed_colours(s))) for s in shapes]
-    return shapes, colours
+        while True:
+            shapes = [str(s) for s in rng.choice(SHAPES, size=count, replace=False)]
+            if not any(frozenset(p) in split.shape_pairs for p in itertools.combinations(shapes, 2)):
+                break
+        colours = [str(rng.choice(split.allowed_colours(s))) for s in shapes]
+        if not split.object_pairs or not any(
+                frozenset(p) in split.object_pairs for p in itertools.combinations(zip(colours, shapes), 2)):
+            return shapes, colours
 
 
 def _random_caption(rng: np.random.Generator, mentions: Sequence[Mention], *, colourless: float) -> str:
@@ -445,21 +476,28 @@ def _unseen_combinations(count: int, split: Split) -> dict[str, list[tuple[Menti
 
 
 def evaluation_prompts(*, n_two: int = 100, n_three: int = 50, seed: int = 0,
-                       split: Split | None = None) -> list[Prompt]:
+                       split: Split | None = None, exclude: Sequence[Prompt] = ()) -> list[Prompt]:
     """Held-out prompts: ``n_two`` two-object and ``n_three`` three-object prompts, every mention coloured, each a
-    distinct combination containing at least one held-out colour–shape pair or shape pair (so none was seen in
-    training). About half of each count probes held-out colour–shape pairs (with seen shape pairs) and half
-    held-out shape pairs (any colours); mentions in random order, random adjective/relative forms and template.
-    Deterministic in (n_two, n_three, seed, split)."""
+    distinct combination containing at least one held-out element of ``split`` (so none was seen in training).
+    Under a split of colour–shape pairs and shape pairs (the default), about half of each count probes held-out
+    colour–shape pairs (with seen shape pairs) and half held-out shape pairs (any colours); under a split of object
+    pairs only (:data:`SPLIT_V2`) the combinations are drawn from all that hold a held-out pair. Combinations of
+    ``exclude`` are never drawn (a tuning set apart from an evaluation set: :func:`tuning_prompts`). Mentions in
+    random order, random adjective/relative forms and template. Deterministic in its arguments."""
     split = split or DEFAULT_SPLIT
     rng = np.random.default_rng([seed, 10])
+    taken = {frozenset((m.colour, m.shape) for m in p.mentions) for p in exclude}
     prompts: list[Prompt] = []
     for count, wanted in ((2, n_two), (3, n_three)):
         if not (isinstance(wanted, int) and wanted >= 0):
             raise ValueError(f"n_two and n_three must be ints ≥ 0, got {wanted!r} for {count} objects")
-        groups = _unseen_combinations(count, split)
-        binding = groups.get("colour-shape", [])
-        pairs = [c for k, g in groups.items() if "shape-pair" in k for c in g]
+        groups = {k: [c for c in g if frozenset((m.colour, m.shape) for m in c) not in taken]
+                  for k, g in _unseen_combinations(count, split).items()}
+        if split.colour_shapes or split.shape_pairs:
+            binding = groups.get("colour-shape", [])
+            pairs = [c for k, g in groups.items() if "shape-pair" in k for c in g]
+        else:
+            binding, pairs = [c for g in groups.values() for c in g], []
         if wanted > len(binding) + len(pairs):
             raise ValueError(f"only {len(binding) + len(pairs)} unseen {count}-object combinations exist; "
                              f"asked for {wanted}")
@@ -473,6 +511,13 @@ def evaluation_prompts(*, n_two: int = 100, n_three: int = 50, seed: int = 0,
             caption = _random_caption(rng, mentions, colourless=0.0)
             prompts.append(Prompt(mentions=mentions, caption=caption, kind="+".join(split.unseen_reasons(mentions))))
     return prompts
+
+
+def tuning_prompts(*, n_two: int, n_three: int, seed: int = 0, split: Split | None = None) -> list[Prompt]:
+    """Held-out prompts kept apart from the evaluation set: combinations that :func:`evaluation_prompts` at its
+    default counts and seed 0 never draws, for choosing settings without touching what is reported."""
+    return evaluation_prompts(n_two=n_two, n_three=n_three, seed=seed + 1000, split=split,
+                              exclude=evaluation_prompts(split=split))
 
 
 def typed_words(prompt: Prompt) -> dict[str, str]:

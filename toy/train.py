@@ -74,12 +74,12 @@ def to_tensor(images: np.ndarray, device):
 
 
 class Logger:
-    """JSON lines to a file (truncated at start) and the current loss on the bar."""
+    """JSON lines to a file (truncated at start unless ``append``) and the current loss on the bar."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, append: bool = False):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", encoding="utf-8")
+        self.file = open(path, "a" if append else "w", encoding="utf-8")
         self.start = time.time()
 
     def log(self, **row: Any) -> None:
@@ -94,6 +94,75 @@ class Logger:
 def cosine(step: int, total: int, *, floor: float = 0.05) -> float:
     """Learning-rate factor: 1 → ``floor`` over ``total`` steps along half a cosine."""
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def train_vae(vae, *, images, gen, seed: int, steps: int, batch: int, crop: int, full_steps: int, full_batch: int,
+              lr: float, kl: float, dev, logger: Logger, log_every: int, progress: bool) -> float:
+    """The VAE phase (module docstring, step 1): ``steps`` steps on random ``crop``² crops of ``batch`` scenes (a
+    quarter of the crops touch a border, so the decoder learns borders), then ``full_steps`` on ``full_batch`` whole
+    images; loss MSE + ``kl`` · KL, Adam with a cosine decay, the posterior noise from ``gen``. ``images(start, n)``
+    gives scenes ``start … start + n − 1`` as uint8 ``[n, S, S, 3]``. Returns the last reconstruction MSE."""
+    import torch
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    vae.train()
+    total = steps + full_steps
+    bar = tqdm(range(total), desc="VAE", disable=not progress)
+    loss_v = float("nan")
+    offset = 0
+    for step in bar:
+        full = step >= steps                           # the last steps on whole images: their borders too
+        n = full_batch if full else batch
+        batch_images = images(offset, n)
+        size = batch_images.shape[1]
+        offset += n
+        if full:
+            crops = batch_images
+        else:
+            rng = np.random.default_rng([seed, 1, step])
+            ys, xs = rng.integers(0, size - crop + 1, size=(2, n))
+            edge = rng.random((2, n)) < 0.25
+            ys = np.where(edge[0], rng.choice([0, size - crop], size=n), ys)
+            xs = np.where(edge[1], rng.choice([0, size - crop], size=n), xs)
+            crops = np.stack([im[y:y + crop, x:x + crop] for im, y, x in zip(batch_images, ys, xs)])
+        for group in opt.param_groups:
+            group["lr"] = lr * cosine(step, total)
+        x = to_tensor(crops, dev)
+        moments = vae.quant_conv(vae.encoder(x))
+        mean, logvar = moments.chunk(2, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        noise = torch.randn(mean.shape, generator=gen).to(dev)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        rec = vae.decoder(vae.post_quant_conv(z))
+        mse = torch.nn.functional.mse_loss(rec, x)
+        kl_term = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        loss = mse + kl * kl_term
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_v = float(mse.detach())
+        bar.set_postfix(mse=f"{loss_v:.4f}")
+        if step % log_every == 0 or step == total - 1:
+            logger.log(phase="vae", step=step, mse=loss_v, kl=float(kl_term.detach()), full=full)
+    vae.eval()
+    return loss_v
+
+
+def optimiser_step(loss, opt, sched, params, ema_params, *, step: int, ema: float) -> None:
+    """One step of the diffusion phase's optimiser: backward, gradient clipping at norm 1, AdamW and schedule, then
+    the EMA of the weights with decay ``min(ema, (1 + step) / (10 + step))`` (short-run warm-up of the average)."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    decay = min(ema, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema_params, params):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
 def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1000, vae_batch: int = 12, vae_crop: int = 64,
@@ -145,47 +214,10 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1000, vae_batch: i
 
     # ---- 1. VAE ------------------------------------------------------------------------------------------------
     t0 = time.time()
-    opt = torch.optim.Adam(vae.parameters(), lr=vae_lr)
-    vae.train()
-    total_vae = vae_steps + vae_full_steps
-    bar = tqdm(range(total_vae), desc="VAE", disable=not progress)
-    loss_v = float("nan")
-    offset = 0
-    for step in bar:
-        full = step >= vae_steps                       # the last steps on whole images: their borders too
-        n = vae_full_batch if full else vae_batch
-        images, _ = scene_images(range(offset, offset + n), seed=seed, image_size=size)
-        offset += n
-        if full:
-            crops = images
-        else:
-            rng = np.random.default_rng([seed, 1, step])
-            # half the crops touch an image border (the decoder must draw borders as the full image has them)
-            ys, xs = rng.integers(0, size - vae_crop + 1, size=(2, n))
-            edge = rng.random((2, n)) < 0.25
-            ys = np.where(edge[0], rng.choice([0, size - vae_crop], size=n), ys)
-            xs = np.where(edge[1], rng.choice([0, size - vae_crop], size=n), xs)
-            crops = np.stack([im[y:y + vae_crop, x:x + vae_crop] for im, y, x in zip(images, ys, xs)])
-        for group in opt.param_groups:
-            group["lr"] = vae_lr * cosine(step, total_vae)
-        x = to_tensor(crops, dev)
-        moments = vae.quant_conv(vae.encoder(x))
-        mean, logvar = moments.chunk(2, dim=1)
-        logvar = logvar.clamp(-30.0, 20.0)
-        noise = torch.randn(mean.shape, generator=gen).to(dev)
-        z = mean + torch.exp(0.5 * logvar) * noise
-        rec = vae.decoder(vae.post_quant_conv(z))
-        mse = torch.nn.functional.mse_loss(rec, x)
-        kl_term = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        loss = mse + kl * kl_term
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_v = float(mse.detach())
-        bar.set_postfix(mse=f"{loss_v:.4f}")
-        if step % log_every == 0 or step == total_vae - 1:
-            logger.log(phase="vae", step=step, mse=loss_v, kl=float(kl_term.detach()), full=full)
-    vae.eval()
+    loss_v = train_vae(vae, images=lambda start, n: scene_images(range(start, start + n), seed=seed, image_size=size)[0],
+                       gen=gen, seed=seed, steps=vae_steps, batch=vae_batch, crop=vae_crop, full_steps=vae_full_steps,
+                       full_batch=vae_full_batch, lr=vae_lr, kl=kl, dev=dev, logger=logger, log_every=log_every,
+                       progress=progress)
     summary["vae_mse"] = loss_v
     summary["vae_s"] = round(time.time() - t0, 1)
 
@@ -247,15 +279,7 @@ def train(out: str | Path, *, seed: int = 0, vae_steps: int = 1000, vae_batch: i
         snr = a.reshape(-1) / (1 - a.reshape(-1))
         weight = snr.clamp(max=min_snr) / snr if min_snr > 0 else torch.ones_like(snr)
         loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema_params, params):
-                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        optimiser_step(loss, opt, sched, params, ema_params, step=step, ema=ema)
         loss_v = float(loss.detach())
         running = loss_v if running is None else 0.98 * running + 0.02 * loss_v
         bar.set_postfix(loss=f"{running:.4f}")

@@ -1,0 +1,225 @@
+"""Is a toy model a fair stand-in for SD? The unguided model against the targets a method needs, measured in ComfyUI.
+
+    .venv/bin/python benchmarks/toy_targets.py --ckpt out/toy_v2/toy_shapes.safetensors --set tuning --out out/t
+    .venv/bin/python benchmarks/toy_targets.py --set evaluation --samples 4 --seed 100 --out out/targets
+
+One process, ComfyUI's own nodes (Load Toy Model, CLIP Text Encode as the toy's CLIP does it, the stock KSampler,
+Capture Cross-Attention, VAE Encode/Decode), the exact judge (``toy.judge``). Measures, on the unguided model:
+
+* **one object**: every colour × shape ("a red circle", 42 prompts) × ``--samples``: drawn right = the judge finds
+  exactly one object, of that shape and colour.
+* **two / three objects**: held-out prompts of the model's split (``--set tuning``: combinations the evaluation set
+  never uses, for choosing settings; ``--set evaluation``: the benchmark's set) × ``--samples``: objects present,
+  attributes bound, whole prompt right (every object, right colours, nothing extra).
+* **localisation**: for each multi-object prompt a ground-truth scene of its objects is rendered, encoded and
+  re-noised (img2img, ``--loc-denoise``) while Capture Cross-Attention records. Each word's map is renormalised over
+  the prompt's words (start, end and padding dropped: ``A_w / Σ_words A``), upsampled to the image, thresholded at
+  0.4 × its maximum and compared with its object (coverage > 0.5): IoU, and whether its peak is on the object
+  (nouns), at each level the model has. Beside them: the share of cross-attention on the start token, the end token,
+  the padding and the words (softmax over all 77), and the IoU of a map covering everything (chance).
+* **VAE round trips**: the judge on random scenes after VAE Encode → Decode.
+
+Samples use noise seed ``--seed + prompt index``; 20 steps euler, CFG 5 (the toy benchmark's settings).
+Writes ``summary.json`` and ``summary.md`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+
+END_TOKEN = 49407
+THRESHOLD = 0.4
+
+
+def one_object_prompts():
+    from toy.scenes import COLOURS, SHAPES, Mention, Prompt, mention_text
+
+    return [Prompt(mentions=(Mention(s, c),), caption=mention_text(Mention(s, c), form="adjective"), kind="one")
+            for c in COLOURS for s in SHAPES]
+
+
+class Host:
+    """An in-process ComfyUI with the candidate file linked into its checkpoints."""
+
+    def __init__(self, ckpt: Path, *, gpu: bool):
+        import headless
+
+        comfy = headless.require_comfyui()
+        self.host = headless.ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_targets_")), cpu=not gpu)
+        link = self.host.checkpoint_path("candidate.safetensors")
+        link.symlink_to(Path(ckpt).resolve())
+        node = self.host.node_class
+        self.model, self.clip, self.vae = node("AttentionAlignLoadToyModel").execute("candidate.safetensors").args
+        self.capture = node("AttentionAlignCaptureCrossAttention")
+        self.negative = self.encode("")
+
+    def encode(self, caption: str):
+        return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))
+
+    def sample(self, caption: str, *, seed: int, count: int, steps: int, cfg: float):
+        import nodes as comfy_nodes
+        import torch
+
+        latent = {"samples": torch.zeros(count, 4, 16, 16)}
+        (out,) = comfy_nodes.common_ksampler(self.model, seed, steps, cfg, "euler", "normal", self.encode(caption),
+                                             self.negative, latent)
+        images = self.vae.decode(out["samples"])
+        return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def judge_rows(images, prompt) -> list[dict]:
+    from toy import judge
+
+    rows = []
+    for img in images:
+        s = judge.score(judge.detect(img, image_size=img.shape[0]), prompt)
+        rows.append({"present": float(np.mean(s.present)), "bound": float(np.mean(s.bound)),
+                     "correct": bool(s.correct)})
+    return rows
+
+
+def localisation(h: Host, prompts, *, cfg, denoise: float, seed: int) -> dict:
+    """Renormalised word maps against true objects (module docstring)."""
+    import nodes as comfy_nodes
+    import torch
+    import torch.nn.functional as F
+
+    from toy import model as tm
+    from toy import scenes
+
+    tok = tm.tokenizer()
+    res: dict = {}
+
+    def add(level, key, value):
+        res.setdefault(level, {}).setdefault(key, []).append(value)
+
+    for k, prompt in enumerate(prompts):
+        rng = np.random.default_rng([seed, 77, k])
+        objs = scenes.place_objects(rng, [m.shape for m in prompt.mentions], [m.colour for m in prompt.mentions],
+                                    config=cfg)
+        image = torch.from_numpy(scenes.render_array(scenes.Scene(objects=objs, image_size=128))).float()[None] / 255
+        latent = {"samples": h.vae.encode(image)}
+        captured, board = h.capture.execute(h.model, 0, False).args
+        comfy_nodes.common_ksampler(captured, seed + k, 10, 5.0, "euler", "normal", h.encode(prompt.caption),
+                                    h.negative, latent, denoise=denoise)
+        record = board.records[-1]
+        ids = tm.token_ids(tok, prompt.caption)
+        end = ids.index(END_TOKEN)
+        masks = [scenes.coverage(o, image_size=128) > 0.5 for o in objs]
+        for level in record.levels():
+            a = record.mean(level)[0]                                                   # [77, h, w]
+            add(level, "mass_start", float(a[0].mean()))
+            add(level, "mass_end", float(a[end].mean()))
+            add(level, "mass_padding", float(a[end + 1:].sum(0).mean()))
+            add(level, "mass_words", float(a[1:end].sum(0).mean()))
+            words = a[1:end] / a[1:end].sum(0, keepdim=True).clamp_min(1e-12)
+            up = F.interpolate(words[None], size=(128, 128), mode="bilinear", align_corners=False)[0].numpy()
+            for m, mask in zip(prompt.mentions, masks):
+                for role, word in (("noun", m.shape), ("colour", m.colour)):
+                    wid = tm.token_ids(tok, word)[1]
+                    heat = up[ids.index(wid) - 1]
+                    binary = heat >= THRESHOLD * heat.max()
+                    add(level, f"{role}_iou", float((binary & mask).sum() / max((binary | mask).sum(), 1)))
+                    if role == "noun":
+                        y, x = np.unravel_index(int(heat.argmax()), heat.shape)
+                        add(level, "noun_peak_on_object", float(mask[y, x]))
+                add(level, "flat_iou", float(mask.mean()))
+    return {lv: {k: float(np.mean(v)) for k, v in d.items()} for lv, d in res.items()}
+
+
+def round_trips(h: Host, *, cfg, count: int, seed: int) -> dict:
+    """:func:`toy.judge.round_trip_accuracy` through ComfyUI's VAE Encode → Decode of the loaded toy VAE."""
+    import torch
+
+    from toy.judge import round_trip_accuracy
+
+    def round_trip(image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(image).float()[None] / 255
+        return (h.vae.decode(h.vae.encode(x)).clamp(0, 1) * 255).round().to(torch.uint8)[0].cpu().numpy()
+
+    return round_trip_accuracy(round_trip, config=cfg, count=count, seed=seed)
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# Toy model targets: `{r['ckpt']}`", "",
+             f"set `{r['set']}`, {r['samples']} samples per prompt, noise seeds from {r['seed']}, "
+             f"{r['seconds']:.0f} s", "",
+             "| measure | value | target |", "|---|---|---|",
+             f"| one object drawn right ({r['one']['prompts']} prompts) | {100 * r['one']['correct']:.1f} % | ≥ 95 % |"]
+    for n in ("two", "three"):
+        m = r[n]
+        lines.append(f"| {n} objects ({m['prompts']} prompts): present / bound / whole prompt | "
+                     f"{100 * m['present']:.1f} / {100 * m['bound']:.1f} / {100 * m['correct']:.1f} % | "
+                     + ("whole 20–70 %" if n == "two" else "reported") + " |")
+    for lv, d in sorted(r["localisation"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| level {lv}: noun IoU / peak on object / colour IoU (flat map IoU) | "
+                     f"{d['noun_iou']:.3f} / {100 * d['noun_peak_on_object']:.0f} % / {d['colour_iou']:.3f} "
+                     f"({d['flat_iou']:.3f}) | ≥ 0.5 / ≥ 90 % / ≥ 0.4 |")
+        lines.append(f"| level {lv}: attention on start / end / padding / words | {d['mass_start']:.2f} / "
+                     f"{d['mass_end']:.2f} / {d['mass_padding']:.2f} / {d['mass_words']:.2f} | – |")
+    v = r["vae"]
+    lines.append(f"| VAE round trips ({v['scenes']} scenes): objects / scenes right | {100 * v['objects_right']:.1f} / "
+                 f"{100 * v['scenes_right']:.1f} % | – |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt", default=str(ROOT / "toy" / "weights" / "toy_shapes.safetensors"))
+    ap.add_argument("--set", choices=("tuning", "evaluation"), default="tuning")
+    ap.add_argument("--split", choices=("v1", "v2"), default="v2",
+                    help="the model's world: v1 (the shipped v1 file) or v2 (toy.train_v2)")
+    ap.add_argument("--n-two", type=int, default=40)
+    ap.add_argument("--n-three", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=5.0)
+    ap.add_argument("--loc-prompts", type=int, default=30)
+    ap.add_argument("--loc-denoise", type=float, default=0.6)
+    ap.add_argument("--round-trips", type=int, default=30)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "out" / "toy_targets"))
+    args = ap.parse_args(argv)
+    from toy import scenes
+    from toy.train_v2 import SCENES_V2
+
+    split = scenes.SPLIT_V2 if args.split == "v2" else scenes.DEFAULT_SPLIT
+    world = SCENES_V2 if args.split == "v2" else scenes.SceneConfig(image_size=128)     # each model's own scenes
+    pick = scenes.tuning_prompts if args.set == "tuning" else scenes.evaluation_prompts
+    multi = pick(n_two=args.n_two, n_three=args.n_three, split=split)
+    t0 = time.time()
+    h = Host(Path(args.ckpt), gpu=args.gpu)
+    result: dict = {"ckpt": str(args.ckpt), "set": args.set, "samples": args.samples, "seed": args.seed}
+    rows = {"one": [], "two": [], "three": []}
+    for i, prompt in enumerate(one_object_prompts() + multi):
+        kind = {1: "one", 2: "two", 3: "three"}[len(prompt.mentions)]
+        images = h.sample(prompt.caption, seed=args.seed + i, count=args.samples, steps=args.steps, cfg=args.cfg)
+        rows[kind] += judge_rows(images, prompt)
+    for kind, rs in rows.items():
+        result[kind] = {"prompts": len(rs) // args.samples, **{k: float(np.mean([r[k] for r in rs]))
+                                                               for k in ("present", "bound", "correct")}}
+    loc_prompts = [p for p in multi if len(p.mentions) == 2][:args.loc_prompts]
+    result["localisation"] = localisation(h, loc_prompts, cfg=world, denoise=args.loc_denoise, seed=args.seed)
+    result["vae"] = round_trips(h, cfg=world, count=args.round_trips, seed=args.seed)
+    result["seconds"] = time.time() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(result, indent=1))
+    (out / "summary.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
