@@ -8,8 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = [ROOT / "__init__.py", *sorted((ROOT / "nodes").rglob("*.py")), *sorted((ROOT / "guidance").rglob("*.py")),
-        *sorted(p for p in (ROOT / "toy").rglob("*.py") if p.name != "train.py")]
-# toy/train.py is a tool like scripts/ (it trains the shipped file in the development venv: tqdm, scripts/headless.py)
+        *sorted(p for p in (ROOT / "toy").rglob("*.py") if p.name not in ("train.py", "train_v2.py"))]
+# toy/train.py and toy/train_v2.py are tools like scripts/ (they train the toy model in the development venv: tqdm,
+# scripts/headless.py)
 HOST = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server", "nodes", "node_helpers",
         "latent_preview", "execution"}                      # ComfyUI's own modules: the host, never declared
 OPTIONAL = {"spacy"}                                        # parser = spacy only; the error names the install
