@@ -41,6 +41,18 @@ END_TOKEN = 49407
 THRESHOLD = 0.4
 
 
+def world_of(path: Path) -> str:
+    """"v2" for a file written by ``toy.train_v2`` (its metadata names the trainer), else "v1"."""
+    import safetensors
+
+    from toy.model import FORMAT, read_toy_file
+
+    read_toy_file(path, input_name="--ckpt")
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        info = json.loads(f.metadata()[FORMAT])
+    return "v2" if info.get("trainer") == "toy.train_v2" else "v1"
+
+
 def one_object_prompts():
     from toy.scenes import COLOURS, SHAPES, Mention, Prompt, mention_text
 
@@ -177,8 +189,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", default=str(ROOT / "toy" / "weights" / "toy_shapes.safetensors"))
     ap.add_argument("--set", choices=("tuning", "evaluation"), default="tuning")
-    ap.add_argument("--split", choices=("v1", "v2"), default="v2",
-                    help="the model's world: v1 (the shipped v1 file) or v2 (toy.train_v2)")
+    ap.add_argument("--split", choices=("auto", "v1", "v2"), default="auto",
+                    help="the model's world: v1 (toy.train) or v2 (toy.train_v2); auto: the trainer the file names")
     ap.add_argument("--n-two", type=int, default=40)
     ap.add_argument("--n-three", type=int, default=20)
     ap.add_argument("--samples", type=int, default=2)
@@ -194,13 +206,15 @@ def main(argv=None) -> dict:
     from toy import scenes
     from toy.train_v2 import SCENES_V2
 
+    if args.split == "auto":
+        args.split = world_of(Path(args.ckpt))
     split = scenes.SPLIT_V2 if args.split == "v2" else scenes.DEFAULT_SPLIT
     world = SCENES_V2 if args.split == "v2" else scenes.SceneConfig(image_size=128)     # each model's own scenes
     pick = scenes.tuning_prompts if args.set == "tuning" else scenes.evaluation_prompts
     multi = pick(n_two=args.n_two, n_three=args.n_three, split=split)
     t0 = time.time()
     h = Host(Path(args.ckpt), gpu=args.gpu)
-    result: dict = {"ckpt": str(args.ckpt), "set": args.set, "samples": args.samples, "seed": args.seed}
+    result: dict = {"ckpt": str(args.ckpt), "split": args.split, "set": args.set, "samples": args.samples, "seed": args.seed}
     rows = {"one": [], "two": [], "three": []}
     for i, prompt in enumerate(one_object_prompts() + multi):
         kind = {1: "one", 2: "two", 3: "three"}[len(prompt.mentions)]

@@ -82,15 +82,16 @@ def test_benchmark_runs_on_a_dit(comfy_path, tmp_path):
 
 
 def test_toy_targets_measures_a_toy_model_through_comfyui(comfy_path, tmp_path):
-    """The targets script on the shipped toy model, cut small: every colour × shape prompt is drawn, and the
-    attention shares it reports (start, end, padding, words) are a partition of the softmax over 77 tokens."""
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_targets.py"), "--split", "v1", "--n-two", "2",
+    """The targets script on the shipped toy model, cut small: it reads the model's world off the file (v1), draws
+    every colour × shape prompt, and the attention shares it reports (start, end, padding, words) are a partition
+    of the softmax over 77 tokens."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_targets.py"), "--n-two", "2",
                           "--n-three", "1", "--samples", "1", "--steps", "3", "--loc-prompts", "2", "--round-trips",
                           "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
                          env={**os.environ, "COMFYUI_PATH": str(comfy_path)})
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "summary.json").read_text())
-    assert r["one"]["prompts"] == 42 and r["two"]["prompts"] == 2 and r["three"]["prompts"] == 1
+    assert r["split"] == "v1" and r["one"]["prompts"] == 42 and r["two"]["prompts"] == 2 and r["three"]["prompts"] == 1
     assert sorted(r["localisation"], key=int) == ["8", "16"]
     for level in r["localisation"].values():
         shares = [level[k] for k in ("mass_start", "mass_end", "mass_padding", "mass_words")]
