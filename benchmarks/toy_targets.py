@@ -108,8 +108,10 @@ def localisation(h: Host, prompts, *, cfg, denoise: float, seed: int) -> dict:
 
     from toy import model as tm
     from toy import scenes
+    from toy.train_v2 import word_ids
 
     tok = tm.tokenizer()
+    word_id = word_ids(tok)
     res: dict = {}
 
     def add(level, key, value):
@@ -138,8 +140,7 @@ def localisation(h: Host, prompts, *, cfg, denoise: float, seed: int) -> dict:
             up = F.interpolate(words[None], size=(128, 128), mode="bilinear", align_corners=False)[0].numpy()
             for m, mask in zip(prompt.mentions, masks):
                 for role, word in (("noun", m.shape), ("colour", m.colour)):
-                    wid = tm.token_ids(tok, word)[1]
-                    heat = up[ids.index(wid) - 1]
+                    heat = up[ids.index(word_id[word]) - 1]
                     binary = heat >= THRESHOLD * heat.max()
                     add(level, f"{role}_iou", float((binary & mask).sum() / max((binary | mask).sum(), 1)))
                     if role == "noun":

@@ -57,11 +57,12 @@ def boot_comfy(device: str) -> None:
         args.cpu = device == "cpu"
 
 
-def scene_images(indices, *, seed: int, image_size: int) -> tuple[np.ndarray, list[str]]:
-    """Scenes ``training_sample(i, seed)`` at ``image_size`` px: uint8 ``[N, H, W, 3]`` and their captions."""
+def scene_images(indices, *, seed: int, image_size: int | None = None, config=None) -> tuple[np.ndarray, list[str]]:
+    """Scenes ``training_sample(i, seed)`` of ``config`` (default: the default scenes at ``image_size`` px): uint8
+    ``[N, H, W, 3]`` and their captions."""
     from toy.scenes import SceneConfig, training_sample
 
-    cfg = SceneConfig(image_size=image_size)
+    cfg = config or SceneConfig(image_size=image_size)
     samples = [training_sample(int(i), seed=seed, config=cfg) for i in indices]
     return np.stack([np.asarray(s.image) for s in samples]), [s.caption for s in samples]
 

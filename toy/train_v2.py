@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from toy.scenes import COLOURS, SHAPES, SPLIT_V2, SceneConfig
-from toy.train import ROOT, Logger, boot_comfy, cosine, optimiser_step, to_tensor, train_vae
+from toy.train import ROOT, Logger, boot_comfy, cosine, optimiser_step, scene_images, to_tensor, train_vae
 
 #: the v2 world (see the module docstring, item 1)
 SCENES_V2 = SceneConfig(image_size=128, size_range=(0.14, 0.20), object_weights=(0.4, 0.35, 0.25), split=SPLIT_V2)
@@ -187,8 +187,9 @@ def pretrain_text(text, lat, ids, ends, twins, *, seed: int, steps: int, batch: 
         if step % log_every == 0 or step == steps - 1:
             with torch.no_grad():
                 acc = float((logits.argmax(1) == target).float().mean())
-                own = logits[has_twin.nonzero()[:, 0].to(dev), has_twin.nonzero()[:, 0].to(dev)]
-                twin = logits[has_twin.nonzero()[:, 0].to(dev), len(idx) + torch.arange(int(has_twin.sum()), device=dev)]
+                rows = has_twin.nonzero()[:, 0].to(dev)          # images with a twin; their twins follow the batch
+                own = logits[rows, rows]
+                twin = logits[rows, len(idx) + torch.arange(len(rows), device=dev)]
                 binding = float((own > twin).float().mean()) if len(own) else float("nan")
             stats = {"loss": float(loss.detach()), "retrieval": acc, "binding": binding}
             logger.log(phase="text", step=step, **stats)
@@ -248,10 +249,10 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
         t0 = time.time()
         tm.init_weights_(vae, seed=seed + 2)
         vae = vae.to(dev)
-        train_vae(vae, images=lambda start, n: np.stack([np.asarray(s.image) for s in scene_batch(
-                  range(start, start + n), seed=seed)]), gen=torch.Generator().manual_seed(seed), seed=seed, steps=vae_steps, batch=vae_batch, crop=vae_crop, full_steps=vae_full_steps,
-                  full_batch=vae_full_batch, lr=vae_lr, kl=kl, dev=dev, logger=logger, log_every=log_every,
-                  progress=progress)
+        train_vae(vae, images=lambda start, n: scene_images(range(start, start + n), seed=seed, config=SCENES_V2)[0],
+                  gen=torch.Generator().manual_seed(seed), seed=seed, steps=vae_steps, batch=vae_batch, crop=vae_crop,
+                  full_steps=vae_full_steps, full_batch=vae_full_batch, lr=vae_lr, kl=kl, dev=dev, logger=logger,
+                  log_every=log_every, progress=progress)
         _save({"vae": vae.state_dict()}, vae_file)          # un-normalised; the pool stage normalises it
         logger.log(phase="vae_done", seconds=round(time.time() - t0, 1))
 
