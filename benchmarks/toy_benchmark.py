@@ -21,8 +21,11 @@ Guided KSampler, the stock KSampler, VAE Decode):
 * Time: each method's sampling seconds over unguided's, summed over the same prompts in this run.
 * Localisation: do the model's cross-attention maps sit on the objects at all? For each prompt a ground-truth scene
   of its objects is rendered, encoded and partly re-noised (img2img at ``--loc-denoise``) while Capture
-  Cross-Attention records; each noun's map (and each colour word's) is compared with the true object mask: IoU of the
-  map thresholded at half its maximum, and whether the map's peak falls on the object.
+  Cross-Attention records; each noun's map (and each colour word's), renormalised over the prompt's words (start,
+  end and padding dropped), is compared with the true object mask: IoU of the map thresholded at 0.4 × its
+  maximum, whether its peak falls on the object, and the attention's shares on start, end, padding and words
+  (``toy_targets.localisation``, the measure of ``toy.judge.word_map_scores``).
+* The prompts, scenes and split are those of the world the file was trained in (``toy.model.world_of``).
 
 Everything is written to ``--out``: ``images.jsonl`` (one line per image, resumable: a rerun skips what is done),
 ``summary.md`` (the tables), ``summary.json``, ``grid.png`` (rows = prompts, columns = unguided and each method at
@@ -31,6 +34,7 @@ its official setting, same noise; under each image the maps of its nouns).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -42,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from headless import pack  # noqa: E402
 
@@ -116,8 +121,19 @@ class Toy:
         self.host = headless.ComfyHost(comfy, Path(tempfile.mkdtemp(prefix="aa_toybench_")), cpu=not args.gpu)
         self.node = self.host.node_class
         self.model, self.clip, self.vae = self.node("AttentionAlignLoadToyModel").execute(args.ckpt).args
-        self.negative = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(""))
+        self.negative = self.conditioning("")
         self.args = args
+        from toy.model import world_of
+        from toy.scenes import WORLDS
+
+        #: the world the file was trained in: its scenes, and through them the split its evaluation holds out
+        path = self.host.pack_module("nodes.toy_loader").resolve(args.ckpt)
+        self.world = WORLDS[world_of(path, input_name="--ckpt")]
+        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()              # a resumed run's rows are this file's
+
+    def conditioning(self, caption: str):
+        """CLIP Text Encode's conditioning of ``caption``."""
+        return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(caption))
 
     def encode(self, caption: str):
         ta, _, positive = self.node("AttentionAlignTextSelfAttention").execute(self.clip, caption, "auto", 3.0).args
@@ -176,52 +192,6 @@ def loss_summary(record) -> dict:
             "guided_steps": len(record.steps),
             "refinement_iterations": sum(int(r.iterations.max()) for r in record.steps if r.iterations is not None),
             "halted": [bool(v) for v in (record.steps[-1].halted if record.steps[-1].halted is not None else [])]}
-
-
-# ---------------------------------------------------------------------------------------------- localisation
-def localisation(toy: Toy, prompts, *, denoise: float, seed: int = 0) -> dict:
-    """IoU and pointing of each noun's (and colour word's) map with the true object mask, on ground-truth scenes."""
-    import nodes as comfy_nodes
-    import torch
-    import torch.nn.functional as F
-
-    from toy import scenes
-
-    size = toy.args.size
-    cfg = scenes.SceneConfig(image_size=size)
-    out = {"noun_iou": {}, "noun_hit": {}, "colour_iou": {}, "uniform_iou": []}
-    for k, prompt in enumerate(prompts):
-        rng = np.random.default_rng([seed, 77, k])
-        objs = scenes.place_objects(rng, [m.shape for m in prompt.mentions], [m.colour for m in prompt.mentions],
-                                    config=cfg)
-        scene = scenes.Scene(objects=objs, image_size=size)
-        image = torch.from_numpy(scenes.render_array(scene)).float().div(255)[None]
-        latent = {"samples": toy.vae.encode(image)}
-        ta, positive = toy.encode(prompt.caption)
-        captured, board = toy.node("AttentionAlignCaptureCrossAttention").execute(toy.model, 0, False).args
-        comfy_nodes.common_ksampler(captured, k, 10, toy.args.cfg, "euler", "normal", positive, toy.negative,
-                                    latent, denoise=denoise)
-        record = board.records[-1]
-        masks = [scenes.coverage(o, image_size=size) > 0.5 for o in objs]
-        labels = [w.text for w in ta.words]
-        for level in record.levels():
-            maps = record.mean(level)[0]                                   # [T, h, w]
-            up = F.interpolate(maps[None], size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
-            for m, mask in zip(prompt.mentions, masks):
-                for role, word in (("noun", m.shape), ("colour", m.colour)):
-                    if word is None or word not in labels:
-                        continue
-                    pos = ta.words[labels.index(word)].positions[0]
-                    heat = up[pos]
-                    binary = heat >= 0.5 * heat.max()
-                    iou = float((binary & mask).sum() / max((binary | mask).sum(), 1))
-                    out[f"{role}_iou"].setdefault(level, []).append(iou)
-                    if role == "noun":
-                        y, x = np.unravel_index(int(heat.argmax()), heat.shape)
-                        out["noun_hit"].setdefault(level, []).append(bool(mask[y, x]))
-            for mask in masks:                                             # what a map that says nothing scores
-                out["uniform_iou"].append(float(mask.sum() / mask.size))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
@@ -285,16 +255,11 @@ def markdown(table: dict, loc: dict | None, args) -> str:
                      f"{e.get('time_ratio', 1.0):.2f} | "
                      f"{f'{loss[0]:.3f} → {loss[1]:.3f}' if loss else '–'} |")
     if loc:
-        lines += ["", "Localisation on ground-truth scenes (img2img at denoise "
-                  f"{args.loc_denoise}): IoU of a word's map (≥ half its max) with the object, and how often a noun's "
-                  "peak lies on its object.", "",
-                  "| level | noun IoU | colour-word IoU | noun peak on object | IoU of a map covering everything |",
-                  "|---|---|---|---|---|"]
-        uniform = float(np.mean(loc["uniform_iou"])) if loc["uniform_iou"] else float("nan")
-        for level in sorted(loc["noun_iou"]):
-            lines.append(f"| {level} | {np.mean(loc['noun_iou'][level]):.3f} | "
-                         f"{np.mean(loc['colour_iou'].get(level, [np.nan])):.3f} | "
-                         f"{np.mean(loc['noun_hit'][level]):.3f} | {uniform:.3f} |")
+        from toy_targets import localisation_table
+
+        lines += ["", f"Localisation on ground-truth scenes (img2img at denoise {args.loc_denoise}), unguided: each "
+                  "word's map renormalised over the prompt's words, thresholded at 0.4 × its maximum; IoU with its "
+                  "object, and how often a noun's peak lies on its object.", ""] + localisation_table(loc)
     return "\n".join(lines) + "\n"
 
 
@@ -362,7 +327,6 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = scenes.evaluation_prompts(n_two=args.n_two, n_three=args.n_three, seed=args.prompt_seed)
     configs = official_configs() + (fast_configs() if args.fast else []) + \
         (sweep_configs([float(f) for f in args.sweep.split(",")]) if args.sweep else [])
     if args.methods:
@@ -371,14 +335,16 @@ def main(argv=None) -> None:
         if unknown:
             sys.exit(f"--methods: unknown {unknown}; known: {', '.join(c.name for c in configs)}")
         configs = [c for c in configs if c.name in wanted or c.name == "unguided"]
+    toy = Toy(args)
+    prompts = scenes.evaluation_prompts(n_two=args.n_two, n_three=args.n_three, seed=args.prompt_seed,
+                                        split=toy.world.split)
     settings = {k: getattr(args, k) for k in ("samples", "steps", "cfg", "sampler", "scheduler", "size", "ckpt",
-                                               "prompt_seed", "level")}
+                                               "prompt_seed", "level")} | {"ckpt_sha256": toy.sha256}
     log_path = out / "images.jsonl"
     rows: list[dict] = []
     if log_path.exists():                                                   # resume: keep rows of these settings
         rows = [r for r in map(json.loads, log_path.read_text().splitlines()) if r.get("settings") == settings]
     done = {(r["prompt"], r["config"]) for r in rows}
-    toy = Toy(args)
     grid_cells: dict = {}
     total = len(prompts) * len(configs)
     t_start = time.perf_counter()
@@ -414,7 +380,13 @@ def main(argv=None) -> None:
                 print(f"[{k}/{total}] prompt {i} {c.name}: {seconds:.1f} s, correct "
                       f"{sum(r['correct'] for r in rows[-args.samples:])}/{args.samples}; ETA {eta / 60:.0f} min",
                       flush=True)
-    loc = localisation(toy, prompts[:args.loc_prompts], denoise=args.loc_denoise) if args.loc_prompts else None
+    loc = None
+    if args.loc_prompts:
+        from toy_targets import localisation
+
+        loc = localisation(prompts[:args.loc_prompts], model=toy.model, vae=toy.vae,
+                           capture=toy.node("AttentionAlignCaptureCrossAttention"), encode=toy.conditioning,
+                           negative=toy.negative, config=toy.world, denoise=args.loc_denoise, seed=0)
     table = summarise(rows, configs)
     text = markdown(table, loc, args)
     (out / "summary.md").write_text(text)

@@ -98,3 +98,26 @@ def test_toy_targets_measures_a_toy_model_through_comfyui(comfy_path, tmp_path):
         assert sum(shares) == pytest.approx(1.0, abs=1e-4) and min(shares) > 0
         assert 0 < level["flat_iou"] < 0.2 and 0 <= level["noun_iou"] <= 1
     assert r["vae"]["scenes"] == 2 and "| one object drawn right (42 prompts) |" in (tmp_path / "summary.md").read_text()
+
+
+def test_toy_benchmark_judges_each_method_and_resumes(comfy_path, tmp_path):
+    """The toy benchmark cut to one prompt, one sample, 3 steps: unguided and Attend-and-Excite are judged, the
+    time ratio is against unguided in the same run, the localisation uses the targets' measure (shares of a softmax
+    over 77 tokens sum to 1), and a rerun with the same settings and file samples nothing again."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "toy_benchmark.py"), "--n-two", "1", "--n-three", "0",
+           "--samples", "1", "--steps", "3", "--methods", "attend_excite", "--loc-prompts", "1", "--grid-prompts",
+           "0", "--out", str(tmp_path)]
+    env = {**os.environ, "COMFYUI_PATH": str(comfy_path)}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "[2/2] prompt 0 attend_excite" in res.stdout
+    r = json.loads((tmp_path / "summary.json").read_text())
+    assert sorted(r["table"]) == ["attend_excite", "unguided"] and r["table"]["unguided"]["images"] == 1
+    assert r["table"]["attend_excite"]["time_ratio"] > 0 and len(r["settings"]["ckpt_sha256"]) == 64
+    for level in r["localisation"].values():
+        shares = [level[k] for k in ("mass_start", "mass_end", "mass_padding", "mass_words")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+    rows = (tmp_path / "images.jsonl").read_text().splitlines()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0 and "] prompt 0" not in again.stdout
+    assert (tmp_path / "images.jsonl").read_text().splitlines() == rows

@@ -213,17 +213,92 @@ def test_targets_point_at_the_nouns_and_the_single_objects_colour(comfy_ready):
 
 @pytest.mark.heavy
 def test_a_run_resumed_from_its_checkpoint_writes_the_same_bytes(comfy_ready, tmp_path):
+    import json
+
+    import safetensors
+
+    from toy.model import FORMAT, PREFIX_UNET, build_unet, toy_config, world_of
     from toy.train_v2 import train
 
     tiny = dict(cache=str(tmp_path / "cache"), pool=16, vae_steps=2, vae_batch=2, vae_crop=32, vae_full_steps=1,
                 vae_full_batch=1, text_steps=2, text_batch=8, steps=4, batch=4, checkpoint_every=1, threads=1,
                 progress=False, log_every=1)
     straight = train(tmp_path / "a.safetensors", workdir=str(tmp_path / "a"), **tiny)
+    assert world_of(tmp_path / "a.safetensors") == "v2"
     paused = train(tmp_path / "b.safetensors", workdir=str(tmp_path / "b"), stop_at=2, **tiny)
     assert paused["step"] == 2 and not (tmp_path / "b.safetensors").exists()
+    # a snapshot of the paused run: the checkpoint's EMA weights, marked partial, the checkpoint left as it was
+    ck = torch.load(tmp_path / "b" / "diffusion.pt", weights_only=False)
+    train(tmp_path / "snap.safetensors", workdir=str(tmp_path / "b"), stop_at=2, export_partial=True, **tiny)
+    with safetensors.safe_open(str(tmp_path / "snap.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()[FORMAT])["partial_step"] == 2
+        unet_keys = [k for k in f.keys() if k.startswith(PREFIX_UNET)]
+        names = [k for k, v in build_unet(toy_config()).named_parameters()]
+        assert len(names) == len(ck["ema"])
+        for name, ema in zip(names, ck["ema"]):
+            assert torch.equal(f.get_tensor(PREFIX_UNET + name), ema.half()), name
+        assert set(unet_keys) >= {PREFIX_UNET + n for n in names}
+    assert torch.load(tmp_path / "b" / "diffusion.pt", weights_only=False)["step"] == 2
+    with pytest.raises(ValueError, match="stop_at is 1 but the checkpoint .* is at step 2"):
+        train(tmp_path / "x.safetensors", workdir=str(tmp_path / "b"), stop_at=1, **tiny)
     resumed = train(tmp_path / "b.safetensors", workdir=str(tmp_path / "b"), **tiny)
     assert resumed["sha256"] == straight["sha256"]
     other = train(tmp_path / "c.safetensors", workdir=str(tmp_path / "c"), **{**tiny, "seed": 1})
     assert other["sha256"] != straight["sha256"]
     with pytest.raises(ValueError, match="holds a checkpoint of other settings"):
         train(tmp_path / "d.safetensors", workdir=str(tmp_path / "a"), **{**tiny, "token_weight": 0.5})
+
+
+# ------------------------------------------------------------------------------------------------ word maps
+def _maps_4x4():
+    """T = 6 (start, noun, colour, end, pad, pad), 4 × 4 maps at the image's own size; the object is the top-left
+    2 × 2. Inside it the noun has 0.085 and the colour word 0.015 of the attention; outside both have 0.01."""
+    mask = np.zeros((4, 4), bool)
+    mask[:2, :2] = True
+    inside, outside = [0.5, 0.085, 0.015, 0.1, 0.15, 0.15], [0.5, 0.01, 0.01, 0.1, 0.19, 0.19]
+    a = torch.tensor([inside if m else outside for m in mask.reshape(-1)]).T.reshape(6, 4, 4)
+    return a, mask
+
+
+def test_word_maps_are_renormalised_over_the_words_before_the_threshold():
+    from toy.judge import word_map_scores
+
+    a, mask = _maps_4x4()
+    assert torch.allclose(a.sum(0), torch.ones(4, 4))
+    r = word_map_scores(a, end=3, words=[("noun", 1, mask), ("colour", 2, mask)])
+    # noun share: 0.85 inside, 0.5 outside (0.01 / 0.02) ≥ 0.4 × 0.85 → covers all 16 pixels: IoU 4 / 16; the raw
+    # probabilities (0.085 vs 0.01) would have given IoU 1
+    assert r["noun_iou"] == [pytest.approx(0.25)]
+    assert r["noun_peak_on_object"] == [1.0] and r["flat_iou"] == [pytest.approx(0.25)]
+    # colour share: 0.15 inside, 0.5 outside; threshold 0.2 keeps the 12 outside pixels: IoU 0
+    assert r["colour_iou"] == [0.0]
+    assert r["mass_start"] == [pytest.approx(0.5)] and r["mass_end"] == [pytest.approx(0.1)]
+    assert r["mass_words"] == [pytest.approx((4 * 0.1 + 12 * 0.02) / 16)]
+    assert r["mass_padding"] == [pytest.approx((4 * 0.3 + 12 * 0.38) / 16)]
+    # a coarser map is upsampled bilinearly (half-pixel centres) to the mask: a 2 × 2 map whose noun share is 1 in
+    # the top-left cell and 0 elsewhere, against an 8 × 8 image. Pixel i samples the cells at (i + ½) / 4 − ½,
+    # clamped to [0, 1], so along each axis the share is 1, 1, .875, .625, .375, .125, 0, 0; the 2-D share is the
+    # product, ≥ 0.4 for rows 0–2 × columns 0–3 and row 3 × columns 0–2 (.625 × .875 = .547; .625² = .39 is not):
+    # 15 pixels, all inside the object (the top-left quarter, 16 pixels): IoU 15 / 16
+    cell = torch.tensor([[0.5, 0.2, 0.0, 0.1, 0.1, 0.1], [0.5, 0.0, 0.2, 0.1, 0.1, 0.1]])
+    coarse = torch.stack([cell[0], cell[1], cell[1], cell[1]]).T.reshape(6, 2, 2)
+    big = np.zeros((8, 8), bool)
+    big[:4, :4] = True
+    r2 = word_map_scores(coarse, end=3, words=[("noun", 1, big)])
+    assert r2["noun_iou"] == [pytest.approx(15 / 16)] and r2["noun_peak_on_object"] == [1.0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"end": 1}, "end must be a context position in 2..5"),
+    ({"end": 3, "words": [("noun", 3, None)]}, r"word position must be one of the prompt's words \(1..2\), got 3"),
+    ({"end": 3, "words": [("shape", 1, None)]}, "word role must be 'noun' or 'colour', got 'shape'"),
+    ({"end": 3, "threshold": 0.0}, r"threshold must be in \(0, 1\]"),
+])
+def test_word_map_scores_refuses_bad_input(kwargs, message):
+    from toy.judge import word_map_scores
+
+    a, mask = _maps_4x4()
+    kwargs = {"words": [], **kwargs}
+    kwargs["words"] = [(role, pos, mask) for role, pos, _ in kwargs["words"]]
+    with pytest.raises(ValueError, match=message):
+        word_map_scores(a, **kwargs)

@@ -398,3 +398,53 @@ def round_trip_accuracy(round_trip, *, config, count: int, seed: int) -> dict:
         s = score(detect(img, image_size=config.image_size), [Mention(o.shape, o.colour) for o in scene.objects])
         right, objects, whole = right + sum(s.bound), objects + len(scene.objects), whole + bool(s.correct)
     return {"objects_right": right / objects, "scenes_right": whole / count, "scenes": count}
+
+
+# ------------------------------------------------------------------------------------------------------------ maps
+#: a word's map counts as covering a pixel where it reaches this share of its own maximum
+MAP_THRESHOLD = 0.4
+
+
+def word_map_scores(maps, *, end: int, words: Sequence[tuple[str, int, np.ndarray]],
+                    threshold: float = MAP_THRESHOLD) -> dict[str, list[float]]:
+    """Do a prompt's word maps sit on their objects? One level of cross-attention against the true object masks.
+
+    ``maps``: torch ``[T, h, w]``, the attention probabilities over the context's T tokens (softmax over all of
+    them; mean over heads and layers) of a prompt whose end token is at context position ``end`` (start token at
+    0). ``words``: ``(role, position, mask)`` per scored word, role ``"noun"`` or ``"colour"``, ``mask`` bool
+    ``[S, S]`` (the image) of the word's object.
+
+    The words' maps are renormalised over the prompt's words — start, end and padding dropped:
+    ``Â_w = A_w / Σ_{1 ≤ v < end} A_v`` per pixel — upsampled bilinearly to the image, and thresholded at
+    ``threshold`` × each map's maximum. Returns lists to average over prompts: ``noun_iou`` / ``colour_iou`` (IoU
+    of the thresholded map with the mask), ``noun_peak_on_object`` (1.0 where the map's maximum lies on its object),
+    ``flat_iou`` (per noun: the IoU a map covering the whole image would score, the chance level), and the
+    attention's shares ``mass_start``, ``mass_end``, ``mass_padding``, ``mass_words`` (mean over pixels, before
+    renormalising).
+    """
+    import torch.nn.functional as F
+
+    t = maps.shape[0]
+    if not 1 < end < t:
+        raise ValueError(f"end must be a context position in 2..{t - 1} (after at least one word), got {end}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    out: dict[str, list[float]] = {"mass_start": [float(maps[0].mean())], "mass_end": [float(maps[end].mean())],
+                                   "mass_padding": [float(maps[end + 1:].sum(0).mean())],
+                                   "mass_words": [float(maps[1:end].sum(0).mean())]}
+    share = maps[1:end] / maps[1:end].sum(0, keepdim=True).clamp_min(1e-12)          # [end − 1, h, w]
+    for role, position, mask in words:
+        if role not in ("noun", "colour"):
+            raise ValueError(f"word role must be 'noun' or 'colour', got {role!r}")
+        if not 1 <= position < end:
+            raise ValueError(f"word position must be one of the prompt's words (1..{end - 1}), got {position}")
+        mask = np.asarray(mask, dtype=bool)
+        heat = F.interpolate(share[position - 1][None, None].float(), size=mask.shape, mode="bilinear",
+                             align_corners=False)[0, 0].numpy()
+        binary = heat >= threshold * heat.max()
+        out.setdefault(f"{role}_iou", []).append(float((binary & mask).sum() / max((binary | mask).sum(), 1)))
+        if role == "noun":
+            y, x = np.unravel_index(int(heat.argmax()), heat.shape)
+            out.setdefault("noun_peak_on_object", []).append(float(mask[y, x]))
+            out.setdefault("flat_iou", []).append(float(mask.mean()))
+    return out

@@ -276,6 +276,18 @@ def read_toy_file(path: str | Path, *, input_name: str = "ckpt_name") -> tuple[d
     return config, safetensors.torch.load_file(str(path))
 
 
+def world_of(path: str | Path, *, input_name: str = "ckpt") -> str:
+    """The name of the world a toy model file was trained in (a key of ``toy.scenes.WORLDS``): ``"v2"`` for a file
+    written by ``toy.train_v2`` (its metadata names the trainer), else ``"v1"``. The world decides the scenes and
+    the held-out prompts the model is evaluated on. Raises :class:`NotAToyModel` for a file that is not a toy model."""
+    import safetensors
+
+    read_toy_file(path, input_name=input_name)
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        info = json.loads(f.metadata()[FORMAT])
+    return "v2" if info.get("trainer") == "toy.train_v2" else "v1"
+
+
 def _strict_load(module, sd: dict, *, part: str, path: Path, input_name: str) -> None:
     """Load ``sd`` into ``module``; a missing, unexpected or mis-shaped tensor is a NotAToyModel naming them."""
     own = module.state_dict()

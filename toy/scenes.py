@@ -390,6 +390,14 @@ class SceneConfig:
                              f"gap={self.gap}, margin={self.margin}, max_rotation={self.max_rotation}")
 
 
+#: the scenes toy model v1 was trained on (``toy.train``)
+SCENES_V1 = SceneConfig(image_size=128)
+#: toy model v2's scenes (``toy.train_v2``): objects a little larger, more one-object scenes, the v2 split
+SCENES_V2 = SceneConfig(image_size=128, size_range=(0.14, 0.20), object_weights=(0.4, 0.35, 0.25), split=SPLIT_V2)
+#: each toy model's world by name: its scenes, and through them the split its evaluation holds out
+WORLDS = {"v1": SCENES_V1, "v2": SCENES_V2}
+
+
 def place_objects(rng: np.random.Generator, shapes: Sequence[str], colours: Sequence[str], *,
                   config: SceneConfig, tries: int = 200) -> tuple[Obj, ...]:
     """Objects with the given shapes and colours at random sizes, rotations and non-overlapping places (bounding

@@ -40,11 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from toy.scenes import COLOURS, SHAPES, SPLIT_V2, SceneConfig
+from toy.scenes import COLOURS, SCENES_V2, SHAPES, SPLIT_V2, SceneConfig
 from toy.train import ROOT, Logger, boot_comfy, cosine, optimiser_step, scene_images, to_tensor, train_vae
 
-#: the v2 world (see the module docstring, item 1)
-SCENES_V2 = SceneConfig(image_size=128, size_range=(0.14, 0.20), object_weights=(0.4, 0.35, 0.25), split=SPLIT_V2)
 #: target slots per sample: up to three nouns and one colour word
 SLOTS = 4
 #: map sides the toy UNet's cross-attention layers have (16 × 16 at image ÷8, 8 × 8 at ÷16)
@@ -207,9 +205,11 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
           steps: int = 12000, batch: int = 32, lr: float = 5e-4, warmup: int = 200, uncond: float = 0.1,
           ema: float = 0.999, tail_swap: float = 1.0, token_weight: float = 0.1, pixel_weight: float = 0.1,
           checkpoint_every: int = 200, stop_at: int = 0, device: str = "cpu", threads: int = 2,
-          log_every: int = 10, progress: bool = True, command: str = "") -> dict:
+          log_every: int = 10, export_partial: bool = False, progress: bool = True, command: str = "") -> dict:
     """Train toy model v2 (module docstring) and write it to ``out``; returns a summary. With ``stop_at`` > 0 the
-    diffusion phase stops after that many steps (checkpointed; no file is written) and a later call resumes."""
+    diffusion phase stops after that many steps (checkpointed) and a later call resumes; no file is written unless
+    ``export_partial``, which writes the EMA weights reached so far (metadata ``partial_step``) to measure a long run
+    on the way. ``stop_at`` equal to the checkpoint's step exports without training."""
     boot_comfy(device)
     import torch
     from tqdm import tqdm
@@ -349,6 +349,9 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
         gen.set_state(ck["gen"])
         order, pos, start, running = ck["order"], ck["pos"], ck["step"], ck["running"]
         logger.log(phase="resume", step=start)
+    if stop_at and start > stop_at:
+        raise ValueError(f"stop_at is {stop_at} but the checkpoint in {work} is at step {start}: stop_at must be "
+                         f"≥ {start}")
     empty = torch.tensor(tm.token_ids(tok, ""))
     masks_all = {s: P[f"mask{s}"] for s in MAP_SIDES}
     end_at = min(steps, stop_at) if stop_at else steps
@@ -404,7 +407,7 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
             checkpoint(step + 1)
     summary["diffusion_s"] = round(time.time() - t0, 1)
     summary["step"] = end_at
-    if end_at < steps:
+    if end_at < steps and not export_partial:
         logger.log(phase="paused", step=end_at)
         return summary
 
@@ -414,18 +417,23 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
     unet_clean = tm.build_unet(config, dtype=torch.float32)                  # without the capture shim
     unet_clean.load_state_dict(unet.state_dict())
     summary["diffusion_mse_ema"] = running
+    partial = {"partial_step": end_at} if end_at < steps else {}
     tm.save_toy_model(out, unet_clean.cpu(), text.cpu(), vae.cpu(), config=config,
-                      extra_metadata={"command": command, "trainer": "toy.train_v2",
+                      extra_metadata={"command": command, "trainer": "toy.train_v2", **partial,
                                       "summary": {k: v for k, v in summary.items() if not k.endswith("_s")}})
     summary["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     summary["bytes"] = out.stat().st_size
+    if partial:
+        logger.log(phase="paused", step=end_at, exported=str(out))
+        return summary
     summary["vae_round_trips"] = vae_round_trips(vae, count=60, seed=seed + 7, dev=dev)
     logger.log(phase="done", **summary)
     return summary
 
 
 #: train() arguments that do not change the weights (left out of the command recorded in the file)
-NOT_RECORDED = ("workdir", "cache", "checkpoint_every", "stop_at", "log_every", "progress", "command", "threads")
+NOT_RECORDED = ("workdir", "cache", "checkpoint_every", "stop_at", "log_every", "export_partial", "progress",
+                "command", "threads")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -434,6 +442,9 @@ def main(argv: list[str] | None = None) -> None:
     defaults = {k: v.default for k, v in inspect.signature(train).parameters.items() if v.kind == v.KEYWORD_ONLY}
     for name, default in defaults.items():
         if name in ("progress", "command"):
+            continue
+        if isinstance(default, bool):
+            ap.add_argument("--" + name.replace("_", "-"), action="store_true")
             continue
         ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     ap.add_argument("--no-progress", action="store_true")
