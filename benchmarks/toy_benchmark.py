@@ -88,14 +88,18 @@ def swept(inputs: dict, sweep: str, factor: float) -> dict:
 
 
 def official_configs() -> list[Config]:
-    """Every method that runs on the toy model (a UNet) at its official configuration (T-SAM with both losses); the
-    benchmark's ``--level`` replaces the level of those that read one level."""
+    """Every method that runs on the toy model (a UNet) at its official configuration (T-SAM with both losses);
+    Attend-and-Excite also with the official code's other softmax (``normalize_eot``, its SD 2.1 setting: the toy
+    model's CLIP-L-style encoder gets the SD1 setting, padding in the softmax, by default). The benchmark's
+    ``--level`` replaces the level of those that read one level."""
     out = [Config("unguided", None)]
     for m in REGISTRY.METHODS:
         if m.unet:
             out.append(Config(m.key, m))
             if m.key == "tsam":
                 out.append(Config("tsam_cosine", m, {"loss": "cosine"}))
+            if m.key == "attend_excite":                 # the official code's SD 2.1 softmax, padding left out
+                out.append(Config("attend_excite_eot", m, {"softmax": "normalize_eot"}))
     return out
 
 

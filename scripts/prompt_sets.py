@@ -128,10 +128,11 @@ def dvmp_set(n: int = 200, *, seed: int = 0) -> list[PromptItem]:
 def toy_set() -> list[PromptItem]:
     import headless  # noqa: F401  (makes the repository's toy package importable)
 
-    from toy.scenes import evaluation_prompts, typed_words
+    from toy.model import SHIPPED_FILE, world_of
+    from toy.scenes import WORLDS, evaluation_prompts, typed_words
 
     out = []
-    for i, p in enumerate(evaluation_prompts()):
+    for i, p in enumerate(evaluation_prompts(split=WORLDS[world_of(SHIPPED_FILE)].split)):   # the shipped model's
         words = typed_words(p)
         out.append(PromptItem(i, p.caption, words["subjects"], words["groups"],
                               {"mentions": [[m.shape, m.colour] for m in p.mentions], "kind": p.kind}))

@@ -67,10 +67,12 @@ def test_builtin_sets_follow_their_templates():
 
 
 def test_the_toy_set_is_the_benchmarks_held_out_set_with_its_structure():
-    from toy.scenes import evaluation_prompts
+    """builtin:toy holds the held-out prompts of the world the shipped toy model was trained in."""
+    from toy.model import SHIPPED_FILE, world_of
+    from toy.scenes import WORLDS, evaluation_prompts
 
     items = read_prompt_set("builtin:toy")
-    held = evaluation_prompts()
+    held = evaluation_prompts(split=WORLDS[world_of(SHIPPED_FILE)].split)
     assert [i.text for i in items] == [p.caption for p in held]
     assert items[0].meta["mentions"] == [[m.shape, m.colour] for m in held[0].mentions]
 

@@ -276,6 +276,10 @@ def read_toy_file(path: str | Path, *, input_name: str = "ckpt_name") -> tuple[d
     return config, safetensors.torch.load_file(str(path))
 
 
+#: the toy model the pack ships (Load Toy Model's ``attention-align/toy_shapes.safetensors``)
+SHIPPED_FILE = Path(__file__).resolve().parent / "weights" / "toy_shapes.safetensors"
+
+
 def world_of(path: str | Path, *, input_name: str = "ckpt") -> str:
     """The name of the world a toy model file was trained in (a key of ``toy.scenes.WORLDS``): ``"v2"`` for a file
     written by ``toy.train_v2`` (its metadata names the trainer), else ``"v1"``. The world decides the scenes and
