@@ -167,17 +167,20 @@ def test_training_is_deterministic_under_a_seed_and_depends_on_it(host, tmp_path
 
 
 def test_shipped_file_records_the_command_the_defaults_give(monkeypatch):
-    """README promises `python -m toy.train` reproduces the committed file: the command it would record (and so
-    every weight-affecting default) must equal the one stored in the file, and the file's SHA-256 the logged one."""
+    """README promises that the trainer the shipped file names (``toy.train`` for v1, ``toy.train_v2`` for v2), run
+    with its defaults, reproduces the committed file: the command it would record (and so every weight-affecting
+    default) must equal the one stored in the file, and the file's SHA-256 the logged one."""
     import hashlib
+    import importlib
     import inspect
     import json
 
     from safetensors import safe_open
 
-    import toy.train as tt
-
     shipped = Path(__file__).resolve().parents[1] / "toy" / "weights" / "toy_shapes.safetensors"
+    with safe_open(str(shipped), "pt") as f:
+        meta = json.loads(f.metadata()["attention-align-toy"])
+    tt = importlib.import_module(meta.get("trainer", "toy.train"))
     seen = {}
 
     def record(out, **kwargs):
@@ -187,9 +190,7 @@ def test_shipped_file_records_the_command_the_defaults_give(monkeypatch):
     record.__signature__ = inspect.signature(tt.train)
     monkeypatch.setattr(tt, "train", record)
     tt.main([])
-    with safe_open(str(shipped), "pt") as f:
-        meta = json.loads(f.metadata()["attention-align-toy"])
-    assert seen["command"] == meta["command"]
+    assert seen["command"] == meta["command"] and meta["command"].startswith(f"python -m {tt.__name__} ")
     log = (shipped.parent / "toy_shapes.train_log.jsonl").read_text().splitlines()
     done = json.loads(log[-1])
     assert done["phase"] == "done"

@@ -25,9 +25,11 @@ def toy(host):
 
 
 def _prompts():
+    """The first held-out prompts of the shipped model's world, as generated."""
     from toy import scenes
+    from toy.model import SHIPPED_FILE, world_of
 
-    return scenes.evaluation_prompts(n_two=3, n_three=1, seed=0)          # the first held-out prompts, as generated
+    return scenes.evaluation_prompts(n_two=3, n_three=1, seed=0, split=scenes.WORLDS[world_of(SHIPPED_FILE)].split)
 
 
 def _attend_excite(toy, prompt, *, strength: float, seed: int):
