@@ -302,3 +302,32 @@ def test_word_map_scores_refuses_bad_input(kwargs, message):
     kwargs["words"] = [(role, pos, mask) for role, pos, _ in kwargs["words"]]
     with pytest.raises(ValueError, match=message):
         word_map_scores(a, **kwargs)
+
+
+def test_region_features_are_each_objects_coverage_weighted_mean():
+    """The word–region term's image side: the mean feature inside each object, weighted by the share of each cell
+    the object covers (worked by hand on a 2-channel, 2 × 2 feature map)."""
+    from toy.train_v2 import latent_encoder
+
+    enc = latent_encoder(8)
+    enc.body = torch.nn.Identity()                              # features = the input, to check the pooling alone
+    f = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[10.0, 0.0], [0.0, 0.0]]]])          # [B=1, C=2, 2, 2]
+    masks = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.5], [0.0, 1.0]]]])        # [B=1, K=2, 2, 2]
+    r = enc.regions(f, masks)
+    assert r.shape == (1, 2, 2)
+    assert torch.allclose(r[0, 0], torch.tensor([1.0, 10.0]))                          # the top-left cell alone
+    assert torch.allclose(r[0, 1], torch.tensor([(0.5 * 2 + 4) / 1.5, 0.0]))            # half a cell + a whole one
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tail_swap": 1.5}, r"tail_swap must be a probability in \[0, 1\], got 1.5"),
+    ({"text_regions": -1.0}, r"text_regions must be ≥ 0 \(the word–region term's weight\), got -1.0"),
+    ({"token_weight": -0.1}, "token_weight and pixel_weight must be ≥ 0"),
+])
+def test_train_refuses_bad_settings_before_any_work(comfy_ready, tmp_path, kwargs, message):
+    from toy.train_v2 import train
+
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path / "x.safetensors", workdir=str(tmp_path / "w"), cache=str(tmp_path / "c"), progress=False,
+              **kwargs)
+    assert not (tmp_path / "c").exists()

@@ -12,7 +12,10 @@ flat map, and 65–83 % of its cross-attention went to padding tokens that had r
 2. Text encoder pretrained, then frozen: ComfyUI's CLIP class at v1's size, trained contrastively against the
    scenes (symmetric InfoNCE between its end-token state and a small convolutional encoder of the scene's latent,
    with each caption's colour-swapped twin as an extra negative, so binding decides the match), then frozen for
-   the diffusion phase. Its self-attention layers stay, so T-SAM's text attention is a trained one.
+   the diffusion phase. Its self-attention layers stay, so T-SAM's text attention is a trained one. With
+   ``--text-regions W`` > 0 a word–region term of weight W is added (:func:`pretrain_text`): each noun's own token
+   (and a one-object scene's colour word) is matched contrastively against the mean latent feature inside its
+   object, because the end token, which CLIP's loss trains, is the one token the diffusion phase swaps away.
 3. The padding route closed (:func:`toy.grounding.swap_tails`): in every training batch each caption's end token and
    padding are replaced by another caption's, so they carry nothing the UNet can use, while ComfyUI's own 77-token
    encoding at inference stays in distribution.
@@ -136,15 +139,26 @@ def latent_encoder(width: int):
             f = self.body(z)
             return self.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
 
+        def regions(self, z, masks):
+            """Mean feature inside each object: ``z`` ``[B, 4, 16, 16]``, ``masks`` ``[B, K, 8, 8]`` (the share of
+            each 8 × 8 cell the object covers) → ``[B, K, 128]``."""
+            f = self.body(z)                                                          # [B, 128, 8, 8]
+            return torch.einsum("bchw,bkhw->bkc", f, masks) / masks.sum(dim=(2, 3)).clamp_min(1e-6)[..., None]
+
     return LatentEncoder()
 
 
 def pretrain_text(text, lat, ids, ends, twins, *, seed: int, steps: int, batch: int, lr: float, dev,
-                  logger: Logger, log_every: int, progress: bool) -> dict:
+                  logger: Logger, log_every: int, progress: bool, positions=None, masks=None,
+                  region_weight: float = 0.0) -> dict:
     """Contrastive pretraining of the text encoder against the latents (module docstring, item 2). ``ids``
     ``[P, 77]``, ``ends`` ``[P]``, ``twins`` ``[P, 77]`` (each caption's colour-swapped twin; rows of −1 where
-    it has none). Returns the last batch's image→text accuracy and binding accuracy (own caption scored above its
-    twin)."""
+    it has none). With ``region_weight`` > 0 a word–region term is added: each grounded word's output (``positions``
+    ``[P, K]``, −1 where a slot is empty: the nouns, and the colour word of one-object scenes) against the mean
+    latent feature inside its object (``masks`` ``[P, K, 8, 8]``), symmetric InfoNCE over every word of the batch,
+    so that a noun's own token carries what its object looks like (its colour included) rather than only the end
+    token, which the diffusion phase swaps away. Returns the last batch's image→text accuracy, binding accuracy (own
+    caption scored above its twin) and, with the region term, word→region accuracy."""
     import torch
     from tqdm import tqdm
 
@@ -159,6 +173,10 @@ def pretrain_text(text, lat, ids, ends, twins, *, seed: int, steps: int, batch: 
     tm_ = text.clip_l.transformer.text_model
     make_text_encoder_differentiable_(text)
     params = list(tm_.parameters()) + list(image_enc.parameters()) + list(text_head.parameters()) + [scale]
+    if region_weight:
+        word_head, region_head = torch.nn.Linear(width, width).to(dev), torch.nn.Linear(128, width).to(dev)
+        region_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32, device=dev))
+        params += list(word_head.parameters()) + list(region_head.parameters()) + [region_scale]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed + 4)
     pool = len(ids)
@@ -179,6 +197,16 @@ def pretrain_text(text, lat, ids, ends, twins, *, seed: int, steps: int, batch: 
         target = torch.arange(len(idx), device=dev)
         loss = 0.5 * (torch.nn.functional.cross_entropy(logits, target)
                       + torch.nn.functional.cross_entropy(logits[:, :len(idx)].T, target))
+        if region_weight:
+            slots = positions[idx].to(dev)                                              # [B, K]
+            b, k = (slots >= 0).nonzero(as_tuple=True)
+            words = torch.nn.functional.normalize(word_head(h[b, slots[b, k]]), dim=-1)    # [N, C]
+            regions = image_enc.regions(lat[idx].to(dev), masks[idx].to(dev).float())     # [B, K, 128]
+            regions = torch.nn.functional.normalize(region_head(regions[b, k]), dim=-1)    # [N, C]
+            r_logits = region_scale.exp().clamp(max=100) * words @ regions.T
+            r_target = torch.arange(len(b), device=dev)
+            loss = loss + region_weight * 0.5 * (torch.nn.functional.cross_entropy(r_logits, r_target)
+                                                 + torch.nn.functional.cross_entropy(r_logits.T, r_target))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -190,6 +218,8 @@ def pretrain_text(text, lat, ids, ends, twins, *, seed: int, steps: int, batch: 
                 twin = logits[rows, len(idx) + torch.arange(len(rows), device=dev)]
                 binding = float((own > twin).float().mean()) if len(own) else float("nan")
             stats = {"loss": float(loss.detach()), "retrieval": acc, "binding": binding}
+            if region_weight:
+                stats["word_region"] = float((r_logits.argmax(1) == r_target).float().mean())
             logger.log(phase="text", step=step, **stats)
     text.eval()
     for p in text.parameters():
@@ -202,6 +232,7 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
           vae_steps: int = 1500, vae_batch: int = 12, vae_crop: int = 64, vae_full_steps: int = 200,
           vae_full_batch: int = 6, vae_lr: float = 1e-3, kl: float = 1e-5,
           pool: int = 20000, text_steps: int = 1500, text_batch: int = 96, text_lr: float = 5e-4,
+          text_regions: float = 0.0,
           steps: int = 12000, batch: int = 32, lr: float = 5e-4, warmup: int = 200, uncond: float = 0.1,
           ema: float = 0.999, tail_swap: float = 1.0, token_weight: float = 0.1, pixel_weight: float = 0.1,
           checkpoint_every: int = 200, stop_at: int = 0, device: str = "cpu", threads: int = 2,
@@ -221,6 +252,8 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
                             checkpoint_every=checkpoint_every, stop_at=stop_at).items():
         if not (isinstance(value, int) and value >= (1 if name in ("pool", "batch", "checkpoint_every") else 0)):
             raise ValueError(f"{name} must be a non-negative int (pool, batch, checkpoint_every ≥ 1), got {value!r}")
+    if text_regions < 0:
+        raise ValueError(f"text_regions must be ≥ 0 (the word–region term's weight), got {text_regions!r}")
     if not 0 <= tail_swap <= 1:
         raise ValueError(f"tail_swap must be a probability in [0, 1], got {tail_swap!r}")
     if token_weight < 0 or pixel_weight < 0:
@@ -300,7 +333,8 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
     ends = (P["ids"] == END_TOKEN).int().argmax(dim=1)                               # first end token
 
     # ---- 3. text encoder, pretrained then frozen (cached) ---------------------------------------------------------
-    text_key = _key("text", pool_key, config["text"], text_steps, text_batch, text_lr)
+    text_key = _key("text", pool_key, config["text"], text_steps, text_batch, text_lr,
+                    *([text_regions] if text_regions else []))          # runs without the region term keep their key
     text_file = cache_dir / f"text-{text_key}.pt"
     text = tm.build_text_encoder(config, dtype=torch.float32)
     if text_file.exists():
@@ -311,7 +345,8 @@ def train(out: str | Path, *, seed: int = 0, workdir: str = "out/toy_v2", cache:
         text = text.to(dev)
         stats = pretrain_text(text, P["latent"], P["ids"], ends, P["twins"], seed=seed, steps=text_steps,
                               batch=text_batch, lr=text_lr, dev=dev, logger=logger, log_every=log_every,
-                              progress=progress)
+                              progress=progress, positions=P["positions"], masks=P["mask8"],
+                              region_weight=text_regions)
         _save({"text": text.clip_l.transformer.state_dict(), "stats": stats}, text_file)
         logger.log(phase="text_done", seconds=round(time.time() - t0, 1), **stats)
         text = tm.build_text_encoder(config, dtype=torch.float32)     # a fresh instance, without the training shim
